@@ -1,0 +1,5 @@
+import sys
+
+from dsvae.cli import main
+
+sys.exit(main())

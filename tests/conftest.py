@@ -1,0 +1,23 @@
+"""Shared fixtures. Tests needing the raw LPC layers skip with a reason when ../shared is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+LPC_DIR = Path(os.environ.get("DSVAE_LPC_DIR", REPO.parent / "shared" / "sprites-lpc"))
+
+
+def pytest_configure(config):
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def lpc_dir() -> Path:
+    if not (LPC_DIR / "body" / "0.png").exists():
+        pytest.skip(f"raw LPC layers not found at {LPC_DIR} (set DSVAE_LPC_DIR or put them in ../shared/sprites-lpc)")
+    return LPC_DIR
