@@ -21,3 +21,13 @@ def lpc_dir() -> Path:
     if not (LPC_DIR / "body" / "0.png").exists():
         pytest.skip(f"raw LPC layers not found at {LPC_DIR} (set DSVAE_LPC_DIR or put them in ../shared/sprites-lpc)")
     return LPC_DIR
+
+
+@pytest.fixture(scope="session")
+def procedural_h5(tmp_path_factory) -> Path:
+    """The full procedural data set (the embedded default), built once per test session."""
+    from dsvae.data.procedural import build_procedural
+
+    path = tmp_path_factory.mktemp("procedural") / "procedural.h5"
+    build_procedural(path, seed=0, progress=False)
+    return path

@@ -1,0 +1,74 @@
+"""``dsvae train``: train any model of the registry (also under ``torchrun``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from dsvae.models import MODELS
+
+    p = sub.add_parser("train", help="train a model (DSVAE or a baseline) on a data set",
+                       description="Train a model. Scale out with: torchrun --nproc_per_node N -m dsvae train ...")
+    p.add_argument("--model", default="dsvae", choices=sorted(MODELS), help="model to train (default dsvae)")
+    p.add_argument("--data", required=True, help="data set .h5 file (dsvae data build)")
+    p.add_argument("--out", required=True, help="run folder to create (or resume)")
+    p.add_argument("--preset", default="paper", help="model/training preset (default paper; cpu, tiny, ...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model config value, e.g. --set z_dim=16 (JSON values); repeatable")
+    p.add_argument("--epochs", type=float, help="epochs to train (default: the preset's)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimisation steps")
+    p.add_argument("--max-minutes", type=float, help="stop (and checkpoint) after this much wall time")
+    p.add_argument("--batch-size", type=int, help="global batch size (default: the preset's)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: the preset's)")
+    p.add_argument("--grad-clip", type=float, default=5.0, help="gradient norm clip, 0 = off (default 5)")
+    p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
+                   help="autocast precision: auto = bf16 on GPU, fp32 on CPU")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="use only the first N training sequences (quick runs)")
+    p.add_argument("--lazy", action="store_true", help="read sequences from the file per batch instead of in memory")
+    p.add_argument("--log-every", type=int, help="steps between metric lines (default 50)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
+    p.add_argument("--sample-every", type=int, help="steps between sample GIFs, 0 = only at the end (default 1000)")
+    p.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tb (needs dsvae[tb])")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """KEY=VALUE pairs, values parsed as JSON when they parse (numbers, lists, true/false), else strings."""
+    from dsvae.errors import DsvaeError
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise DsvaeError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dsvae.training.trainer import train
+
+    sample_every = args.sample_every
+    result = train(
+        data=args.data, out=args.out, model=args.model, preset=args.preset,
+        model_config=parse_overrides(args.set), epochs=args.epochs, max_steps=args.max_steps,
+        max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip,
+        device=args.device, amp=args.amp, seed=args.seed, limit=args.limit, resident=not args.lazy,
+        log_every=args.log_every, checkpoint_every=args.checkpoint_every, sample_every=sample_every,
+        tensorboard=args.tensorboard or None, progress=not args.quiet, resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    if result.rank == 0:
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if k in ("loss", "recon", "kl_f", "kl_z"))
+        print(f"trained {result.step} steps in {result.seconds:.0f} s ({terms}); run folder: {result.run_dir}")
+    return 0

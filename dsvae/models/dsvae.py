@@ -1,0 +1,152 @@
+"""The Disentangled Sequential Autoencoder (Li & Mandt, ICML 2018).
+
+Generative model: p(x_1:T, z_1:T, f) = p(f) prod_t p(z_t | z_<t) p(x_t | z_t, f) with
+p(f) = N(0, I), an LSTM prior p(z_t | z_<t), and a conv decoder of [f, z_t] per frame.
+Inference: q(f | x_1:T) from a bidirectional LSTM over frame features, and either the
+*factorized* q(z_t | x_t) or the *full* q(z_1:T | f, x_1:T) (a bidirectional LSTM over
+[features, f] followed by a forward RNN).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from einops import repeat
+from torch import nn
+
+from dsvae.errors import DsvaeError
+from dsvae.models.base import (
+    ModelConfig,
+    Posterior,
+    SequenceModel,
+    check_choice,
+    check_positive,
+    kl_normal,
+    kl_normal_std,
+    reconstruction_loss,
+)
+from dsvae.models.blocks import NORMS, FrameDecoder, FrameEncoder, image_size_for, mlp
+
+
+@dataclass
+class DSVAEConfig(ModelConfig):
+    image_size: int = 64
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    feature_dim: int = 128
+    hidden_dim: int = 256
+    prior_hidden_dim: int = 256
+    f_dim: int = 256
+    z_dim: int = 32
+    posterior: str = "full"
+    norm: str = "batch"
+    recon_loss: str = "mse"
+    recon_weight: float = 1.0
+    kl_f_weight: float = 1.0
+    kl_z_weight: float = 1.0
+
+    def validate(self) -> None:
+        check_positive(self, "image_size", "widths", "feature_dim", "hidden_dim", "prior_hidden_dim", "f_dim", "z_dim")
+        check_choice(self, "posterior", ("full", "factorized"))
+        check_choice(self, "norm", NORMS)
+        check_choice(self, "recon_loss", ("mse", "bce"))
+        for name in ("recon_weight", "kl_f_weight", "kl_z_weight"):
+            if getattr(self, name) < 0:
+                raise DsvaeError(f"DSVAEConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if image_size_for(self.widths) != self.image_size:
+            raise DsvaeError(
+                f"DSVAEConfig: {len(self.widths)} encoder widths give {image_size_for(self.widths)}x"
+                f"{image_size_for(self.widths)} images, but image_size is {self.image_size}"
+            )
+
+
+class DSVAE(SequenceModel):
+    model_type = "dsvae"
+    config_class = DSVAEConfig
+    has_sequence_prior = True
+
+    def __init__(self, config: DSVAEConfig | Mapping | None = None, **kwargs) -> None:
+        super().__init__(config, **kwargs)
+        c: DSVAEConfig = self.config
+        h = c.hidden_dim
+        self.encoder = FrameEncoder(c.widths, c.feature_dim, norm=c.norm)
+        self.f_lstm = nn.LSTM(c.feature_dim, h, batch_first=True, bidirectional=True)
+        self.f_head = nn.Linear(2 * h, 2 * c.f_dim)
+        if c.posterior == "full":
+            self.z_lstm = nn.LSTM(c.feature_dim + c.f_dim, h, batch_first=True, bidirectional=True)
+            self.z_rnn = nn.RNN(2 * h, h, batch_first=True)
+            self.z_head = nn.Linear(h, 2 * c.z_dim)
+        else:
+            self.z_head = mlp(c.feature_dim, h, 2 * c.z_dim)
+        self.prior_lstm = nn.LSTM(c.z_dim, c.prior_hidden_dim, batch_first=True)
+        self.prior_head = nn.Linear(c.prior_hidden_dim, 2 * c.z_dim)
+        self.decoder = FrameDecoder(c.widths, c.f_dim + c.z_dim, norm=c.norm)
+
+    # -- inference ------------------------------------------------------------------
+    def encode_features(self, feats: torch.Tensor) -> Posterior:
+        """Posterior from per-frame features (B, T, D)."""
+        c: DSVAEConfig = self.config
+        h = c.hidden_dim
+        out, _ = self.f_lstm(feats)
+        # last step of the forward direction and first step of the backward one
+        summary = torch.cat([out[:, -1, :h], out[:, 0, h:]], dim=-1)
+        f_mean, f_logvar = self.f_head(summary).chunk(2, dim=-1)
+        f = self.reparameterize(f_mean, f_logvar)
+        if c.posterior == "full":
+            # condition on a posterior sample while training, on the mean otherwise
+            cond = repeat(f if self.training else f_mean, "b d -> b t d", t=feats.shape[1])
+            z_out, _ = self.z_lstm(torch.cat([feats, cond.to(feats.dtype)], dim=-1))
+            z_out, _ = self.z_rnn(z_out)
+            z_mean, z_logvar = self.z_head(z_out).chunk(2, dim=-1)
+        else:
+            z_mean, z_logvar = self.z_head(feats).chunk(2, dim=-1)
+        z = self.reparameterize(z_mean, z_logvar)
+        return Posterior(f_mean, f_logvar, f, z_mean, z_logvar, z)
+
+    def encode(self, x: torch.Tensor) -> Posterior:
+        return self.encode_features(self.encoder.frames(x))
+
+    def decode(self, f: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        codes = torch.cat([repeat(f, "b d -> b t d", t=z.shape[1]).to(z.dtype), z], dim=-1)
+        return self.decoder.frames(codes)
+
+    # -- prior ----------------------------------------------------------------------
+    def prior_params(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced prior: mean and log-variance of p(z_t | z_<t) for every t, in one LSTM call."""
+        shifted = torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)
+        out, _ = self.prior_lstm(shifted)
+        mean, logvar = self.prior_head(out).chunk(2, dim=-1)
+        return mean, logvar
+
+    def sample_static(self, n: int) -> torch.Tensor:
+        ref = self.f_head.weight
+        return torch.randn(n, self.config.f_dim, device=ref.device, dtype=ref.dtype)
+
+    @torch.no_grad()
+    def sample_dynamics(self, n: int, steps: int, means: bool = False) -> torch.Tensor:
+        """Roll the LSTM prior out on its own samples; return the samples or the per-step means."""
+        ref = self.prior_head.weight
+        z_prev = torch.zeros(n, 1, self.config.z_dim, device=ref.device, dtype=ref.dtype)
+        state = None
+        samples, mus = [], []
+        for _ in range(steps):
+            out, state = self.prior_lstm(z_prev, state)
+            mean, logvar = self.prior_head(out).chunk(2, dim=-1)
+            z_prev = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+            samples.append(z_prev)
+            mus.append(mean)
+        return torch.cat(mus if means else samples, dim=1)
+
+    # -- objective ------------------------------------------------------------------
+    def loss(self, batch: Mapping[str, torch.Tensor], phase: str = "main") -> dict[str, torch.Tensor]:
+        c: DSVAEConfig = self.config
+        x = batch["x"]
+        post = self.encode(x)
+        x_hat = self.decode(post.f, post.z)
+        recon = reconstruction_loss(x_hat, x, c.recon_loss).mean()
+        kl_f = kl_normal_std(post.f_mean.float(), post.f_logvar.float()).mean()
+        p_mean, p_logvar = self.prior_params(post.z)
+        kl_z = kl_normal(post.z_mean.float(), post.z_logvar.float(), p_mean.float(), p_logvar.float()).mean()
+        total = c.recon_weight * recon + c.kl_f_weight * kl_f + c.kl_z_weight * kl_z
+        return {"loss": total, "recon": recon, "kl_f": kl_f, "kl_z": kl_z}

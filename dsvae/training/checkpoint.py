@@ -1,0 +1,79 @@
+"""Checkpoints: plain tensors and types only (``torch.load(weights_only=True)``), written atomically.
+
+A checkpoint alone rebuilds its model: it stores the model's registry name and its
+config (the constructor arguments) beside the weights, plus optimizer and RNG states
+so a run can be resumed exactly.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from dsvae.errors import DsvaeError
+from dsvae.io import atomic_write_bytes
+
+FORMAT = "dsvae-checkpoint"
+FORMAT_VERSION = 1
+LAST = "last.pt"
+
+
+def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` (plus format fields) to ``path`` atomically."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run folder (-> its checkpoints/last.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / LAST, path / LAST):
+            if candidate.is_file():
+                return candidate
+        raise DsvaeError(f"run folder {path} has no checkpoint (expected {path / 'checkpoints' / LAST})")
+    if not path.exists():
+        raise DsvaeError(f"checkpoint or run folder {path} does not exist")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely (weights_only) and check its format."""
+    file = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt/foreign files
+        raise DsvaeError(f"cannot read checkpoint {file}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise DsvaeError(f"{file} is not a dsvae checkpoint")
+    if int(ckpt.get("format_version", 0)) > FORMAT_VERSION:
+        raise DsvaeError(f"{file} has checkpoint format {ckpt['format_version']}; this dsvae reads up to {FORMAT_VERSION}")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Rebuild the model of a checkpoint (or run folder) with its weights, in eval mode."""
+    from dsvae.models import build_model
+
+    ckpt = load_checkpoint(path, map_location="cpu")
+    model = build_model(ckpt["model_type"], ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,522 @@
+"""One trainer for every dsvae model.
+
+The loop is short on purpose (nanoGPT style): pick the global batch of this step
+from a per-epoch permutation, keep this rank's slice, run every optimisation phase
+of the model (forward through the DDP wrapper when distributed, backward, clip,
+step), log, checkpoint, write sample GIFs. Everything else is setup.
+
+Data-parallel runs use ``torchrun``: ``torchrun --nproc_per_node N -m dsvae train ...``;
+``batch_size`` is the global batch, split evenly across ranks; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from dsvae import __version__
+from dsvae.data.dataset import SpritesDataset, to_float
+from dsvae.errors import DsvaeError, TrainingDiverged
+from dsvae.models import SequenceModel, build_model, model_class
+from dsvae.models.presets import get_preset
+from dsvae.training import checkpoint as ckpt_io
+from dsvae.training.runtime import apply_cpu_allocator_settings
+
+#: Options that may change when a run is resumed; everything else comes from the saved run.
+RESUMABLE = ("epochs", "max_steps", "max_minutes", "device", "progress", "log_every", "checkpoint_every",
+             "sample_every", "keep_checkpoints", "tensorboard")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; ``None`` means "the preset's default"."""
+
+    data: str = ""
+    out: str = ""
+    model: str = "dsvae"
+    preset: str = "paper"
+    model_config: dict[str, Any] = field(default_factory=dict)
+    epochs: float | None = None
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    device: str = "auto"
+    seed: int = 0
+    amp: str = "auto"
+    limit: int | None = None
+    resident: bool = True
+    workers: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    sample_every: int = 1000
+    tensorboard: bool = False
+    progress: bool = True
+    resume: bool = False
+    overwrite: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    rank: int
+    step: int
+    metrics: dict[str, float]
+    model: SequenceModel
+    seconds: float
+
+
+# ----------------------------------------------------------------------------------
+# setup helpers
+# ----------------------------------------------------------------------------------
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise DsvaeError("--device cuda was asked for, but no CUDA GPU is available")
+    if choice not in ("cpu",) and not choice.startswith("cuda"):
+        raise DsvaeError(f"unknown device {choice!r} (use auto, cpu or cuda)")
+    return torch.device(choice)
+
+
+def amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if choice in ("off", "none", "fp32"):
+        return None
+    if choice == "bf16":
+        return torch.bfloat16
+    raise DsvaeError(f"unknown --amp {choice!r} (use auto, bf16 or off)")
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_choice: str) -> tuple[DistInfo, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), resolve_device(device_choice)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_choice)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def _resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+    """Fill preset defaults; return the resolved training config and the model config dict."""
+    model_class(cfg.model)  # clear error for an unknown model
+    preset_model, preset_train = get_preset(cfg.model, cfg.preset)
+    values = cfg.to_dict()
+    for key, value in preset_train.items():
+        if values.get(key) is None:
+            values[key] = value
+    if values["epochs"] is None and values["max_steps"] is None:
+        values["epochs"] = 1
+    resolved = TrainConfig(**values)
+    for name in ("batch_size", "log_every", "checkpoint_every"):
+        if not isinstance(getattr(resolved, name), int) or getattr(resolved, name) <= 0:
+            raise DsvaeError(f"{name} must be a positive integer, got {getattr(resolved, name)!r}")
+    for name in ("epochs", "max_steps", "max_minutes", "lr", "limit"):
+        value = getattr(resolved, name)
+        if value is not None and value <= 0:
+            raise DsvaeError(f"{name} must be positive, got {value!r}")
+    if resolved.sample_every < 0 or resolved.grad_clip < 0 or resolved.keep_checkpoints < 0:
+        raise DsvaeError("sample_every, grad_clip and keep_checkpoints must be >= 0")
+    model_cfg = {**preset_model, **resolved.model_config}
+    return resolved, model_cfg
+
+
+def _check_run_dir(run_dir: Path, cfg: TrainConfig) -> bool:
+    """Read-only checks of the run folder. Returns True when an existing run is resumed."""
+    if cfg.resume and cfg.overwrite:
+        raise DsvaeError("--resume and --overwrite exclude each other")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DsvaeError(f"run folder {run_dir} is a file")
+    nonempty = run_dir.is_dir() and any(run_dir.iterdir())
+    if nonempty and not (cfg.resume or cfg.overwrite):
+        raise DsvaeError(f"run folder {run_dir} already exists (use --resume to continue it or --overwrite to replace it)")
+    if nonempty and cfg.overwrite and not ((run_dir / "config.json").is_file() or (run_dir / "checkpoints").is_dir()):
+        raise DsvaeError(f"{run_dir} is not empty and is not a dsvae run folder; refusing to overwrite it")
+    return bool(cfg.resume and (run_dir / "checkpoints" / ckpt_io.LAST).is_file())
+
+
+def _create_run_dir(run_dir: Path, cfg: TrainConfig, info: DistInfo) -> None:
+    """Create the run folder (rank 0), replacing an old run when asked to."""
+    if info.main:
+        if cfg.overwrite and run_dir.is_dir():
+            shutil.rmtree(run_dir)
+        for sub in ("checkpoints", "samples"):
+            try:
+                (run_dir / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DsvaeError(f"cannot create run folder {run_dir / sub}: {exc.strerror}") from exc
+    if info.world > 1:
+        dist.barrier()
+
+
+def _merge_resumed(cfg: TrainConfig, saved: Mapping[str, Any], explicit: set[str]) -> TrainConfig:
+    """The saved run's config, with the options that may change on resume taken from this call."""
+    values = dict(saved)
+    for key in RESUMABLE:
+        if key in explicit:
+            values[key] = getattr(cfg, key)
+    values.update(resume=True, overwrite=False, out=cfg.out, data=cfg.data or saved["data"])
+    return TrainConfig(**values)
+
+
+def _epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def _batches(n: int, batch: int, seed: int, start_step: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(epoch, global batch indices) for step start_step, start_step+1, ... (drop_last epochs)."""
+    per_epoch = n // batch
+    step = start_step
+    while True:
+        epoch, pos = divmod(step, per_epoch)
+        perm = _epoch_permutation(seed, epoch, n)
+        while pos < per_epoch:
+            yield epoch, perm[pos * batch:(pos + 1) * batch]
+            pos += 1
+            step += 1
+
+
+class _DeviceData:
+    """The training split as uint8 on the training device when it fits (batched there), else read per batch."""
+
+    def __init__(self, ds: SpritesDataset, device: torch.device, uses_labels: bool) -> None:
+        self.ds = ds
+        self.device = device
+        self.uses_labels = uses_labels
+        self.videos = None
+        if ds.videos is not None:
+            fits = True
+            if device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(device)
+                fits = ds.videos.numel() < 0.5 * free
+            self.videos = ds.videos.to(device) if fits else ds.videos
+        self.labels = {
+            "action": ds.actions.to(device),
+            "attributes": ds.attributes.to(device),
+        }
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.videos is not None:
+            x = self.videos[idx.to(self.videos.device)]
+        else:
+            x = self.ds.videos_uint8(idx)
+        out = {"x": to_float(x.to(self.device, non_blocking=True)), "index": idx.to(self.device)}
+        if self.uses_labels:
+            dev_idx = idx.to(self.device)
+            out.update({k: v[dev_idx] for k, v in self.labels.items()})
+        return out
+
+
+class _MetricLog:
+    """Averages loss terms over a logging window without a device sync per step."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, terms: Mapping[str, torch.Tensor]) -> None:
+        for k, v in terms.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.count += 1
+
+    def pop(self, world: int = 1) -> dict[str, float]:
+        """Window means; averaged over ranks when data-parallel (so they describe the global batch)."""
+        keys = sorted(self.sums)
+        if world > 1 and keys:
+            stacked = torch.stack([self.sums[k] for k in keys])
+            dist.all_reduce(stacked)
+            self.sums = dict(zip(keys, stacked / world))
+        out = {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return out
+
+
+# ----------------------------------------------------------------------------------
+# the training loop
+# ----------------------------------------------------------------------------------
+def train(config: TrainConfig | None = None, **kwargs: Any) -> TrainResult:
+    """Train a model; see :class:`TrainConfig`. Returns the run folder, final step and metrics."""
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # None = "not given"
+    explicit = set(kwargs)
+    cfg = dataclasses.replace(config or TrainConfig(), **kwargs)
+    if not cfg.out:
+        raise DsvaeError("an output run folder is needed (--out RUN_DIR)")
+    run_dir = Path(cfg.out)
+    apply_cpu_allocator_settings()
+    info, device = _init_distributed(cfg.device)
+    try:
+        return _train(cfg, run_dir, info, device, explicit)
+    finally:
+        if info.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device, explicit: set[str]) -> TrainResult:
+    resuming = _check_run_dir(run_dir, cfg)
+    if info.world > 1:
+        dist.barrier()  # every rank has looked at the folder before rank 0 changes it
+    state = ckpt_io.load_checkpoint(run_dir, map_location="cpu") if resuming else None
+    if state is not None:
+        cfg = _merge_resumed(cfg, state["train_config"], explicit)
+    if not cfg.data:
+        raise DsvaeError("a data set is needed (--data FILE.h5)")
+    cfg, model_cfg = _resolve_config(cfg)
+    if state is not None:
+        model_cfg = state["model_config"]
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, model_cfg)
+    if cfg.batch_size % info.world:
+        raise DsvaeError(f"batch size {cfg.batch_size} is not divisible by the {info.world} processes")
+    local_batch = cfg.batch_size // info.world
+
+    ds = SpritesDataset(cfg.data, "train", resident=cfg.resident, image_size=model.config.image_size,
+                        limit=cfg.limit, progress=cfg.progress and info.main)
+    if len(ds) < cfg.batch_size:
+        raise DsvaeError(f"the training split has {len(ds)} sequences, fewer than the batch size {cfg.batch_size}")
+    steps_per_epoch = len(ds) // cfg.batch_size
+    total_steps = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    if cfg.max_steps is not None and cfg.epochs is not None:
+        total_steps = min(cfg.max_steps, max(1, math.ceil(cfg.epochs * steps_per_epoch)))
+
+    _create_run_dir(run_dir, cfg, info)
+    model.to(device)
+    optimizers = {
+        phase: torch.optim.Adam(model.phase_parameters(phase), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                **model.optimizer_options(phase))
+        for phase in model.phases
+    }
+    step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        for phase, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][phase])
+        step = int(state["step"])
+        ckpt_io.set_rng_state(state["rng"])
+        _truncate_metrics(run_dir / "metrics.jsonl", step, info.main)
+    test_batch = _sample_batch(cfg, model) if info.main else None
+
+    wrapped: torch.nn.Module = model
+    if info.world > 1:
+        if device.type == "cuda":
+            wrapped = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        wrapped = DistributedDataParallel(
+            wrapped, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=len(model.phases) > 1,
+        )
+        model.noise_context = (cfg.batch_size, info.rank * local_batch)
+
+    if info.main:
+        _write_config(run_dir, cfg, model, info, device)
+    data = _DeviceData(ds, device, model.uses_labels)
+    autocast_dtype = amp_dtype(cfg.amp, device)
+    tb = _tensorboard(run_dir, cfg) if info.main and cfg.tensorboard else None
+    check_every = 1 if device.type == "cpu" else cfg.log_every
+    log = _MetricLog()
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    last_good = step
+    t_start = time.time()
+    t_window, seqs_window = time.time(), 0
+    metrics: dict[str, float] = {}
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.model}", unit="step",
+               disable=not (cfg.progress and info.main), dynamic_ncols=True)
+    model.train()
+    batches = _batches(len(ds), cfg.batch_size, cfg.seed, step)
+    try:
+        while step < total_steps:
+            epoch, idx = next(batches)
+            batch = data.batch(idx[info.rank * local_batch:(info.rank + 1) * local_batch])
+            for phase in model.phases:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_dtype is not None):
+                    terms = wrapped(batch, phase=phase)
+                opt = optimizers[phase]
+                opt.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.phase_parameters(phase), cfg.grad_clip)
+                opt.step()
+                bad |= ~torch.isfinite(terms["loss"].detach())
+                log.add({k if len(model.phases) == 1 else f"{phase}/{k}": v for k, v in terms.items()})
+            step += 1
+            seqs_window += cfg.batch_size
+            bar.update(1)
+
+            if step % check_every == 0 or step % cfg.checkpoint_every == 0 or step == total_steps:
+                if bool(bad):
+                    raise TrainingDiverged(
+                        f"the loss became NaN or infinite by step {step}; stopped. The last good checkpoint "
+                        f"(step {last_good}) is kept in {run_dir / 'checkpoints'}"
+                    )
+            if step % cfg.log_every == 0 or step == total_steps:
+                elapsed = time.time() - t_window
+                metrics = log.pop(info.world)
+                metrics.update(step=step, epoch=epoch, lr=cfg.lr, seq_per_s=seqs_window / max(elapsed, 1e-9),
+                               time=time.time() - t_start)
+                t_window, seqs_window = time.time(), 0
+                if info.main:
+                    _append_jsonl(run_dir / "metrics.jsonl", metrics)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k.endswith("loss") or k in
+                                     ("recon", "kl_f", "kl_z")})
+                    if tb is not None:
+                        for k, v in metrics.items():
+                            tb.add_scalar(k, v, step)
+            timeout = cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes
+            if info.world > 1 and cfg.max_minutes is not None:
+                flag = torch.tensor(float(timeout), device=device)
+                dist.all_reduce(flag)
+                timeout = bool(flag > 0)
+            final = step == total_steps or timeout
+            if info.main and (step % cfg.checkpoint_every == 0 or final):
+                _save(run_dir, cfg, model, optimizers, step, epoch, metrics)
+                last_good = step
+            if info.main and cfg.sample_every and (step % cfg.sample_every == 0 or final):
+                _write_samples(run_dir, model, test_batch, step, device)
+            if timeout:
+                break
+    finally:
+        bar.close()
+        if tb is not None:
+            tb.close()
+    if info.world > 1:
+        dist.barrier()
+    model.eval()
+    return TrainResult(run_dir, info.rank, step, metrics, model, time.time() - t_start)
+
+
+# ----------------------------------------------------------------------------------
+# outputs
+# ----------------------------------------------------------------------------------
+def _write_config(run_dir: Path, cfg: TrainConfig, model: SequenceModel, info: DistInfo, device: torch.device) -> None:
+    from dsvae.io import atomic_write_text
+
+    payload = {
+        "dsvae_version": __version__,
+        "torch_version": torch.__version__,
+        "model_type": model.model_type,
+        "model_config": model.config.to_dict(),
+        "parameters": model.num_parameters(),
+        "world_size": info.world,
+        "device": str(device),
+        "train": cfg.to_dict(),
+    }
+    atomic_write_text(run_dir / "config.json", json.dumps(payload, indent=2) + "\n")
+
+
+def _save(run_dir: Path, cfg: TrainConfig, model: SequenceModel, optimizers: Mapping[str, torch.optim.Optimizer],
+          step: int, epoch: int, metrics: Mapping[str, float]) -> None:
+    payload = {
+        "dsvae_version": __version__,
+        "model_type": model.model_type,
+        "model_config": model.config.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizers": {k: opt.state_dict() for k, opt in optimizers.items()},
+        "step": step,
+        "epoch": epoch,
+        "train_config": cfg.to_dict(),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "rng": ckpt_io.rng_state(),
+    }
+    folder = run_dir / "checkpoints"
+    ckpt_io.save_checkpoint(folder / ckpt_io.LAST, payload)
+    if cfg.keep_checkpoints:
+        ckpt_io.save_checkpoint(folder / f"step_{step:07d}.pt", payload)
+        periodic = sorted(folder.glob("step_*.pt"))
+        for old in periodic[:-cfg.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+
+
+def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int, is_main: bool) -> None:
+    """Drop metric lines logged after the checkpoint a resumed run restarts from."""
+    if not is_main or not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    from dsvae.io import atomic_write_text
+
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _sample_batch(cfg: TrainConfig, model: SequenceModel, n: int = 4) -> torch.Tensor | None:
+    """A few fixed sequences (test split when there is one) for the progress GIFs."""
+    if not cfg.sample_every:
+        return None
+    size = model.config.image_size
+    for split in ("test", "train"):
+        try:
+            ds = SpritesDataset(cfg.data, split, resident=False, image_size=size)
+        except DsvaeError:
+            continue
+        if len(ds) >= 2:
+            picks = torch.linspace(0, len(ds) - 1, min(n, len(ds))).long()
+            return ds.batch(picks)["x"]
+    return None
+
+
+@torch.no_grad()
+def _write_samples(run_dir: Path, model: SequenceModel, x: torch.Tensor | None, step: int, device: torch.device) -> None:
+    """A GIF of real sequences, their reconstructions and static-code swaps (row k: static of k+1, motion of k)."""
+    if x is None:
+        return
+    from dsvae.viz.gif import write_gif_grid
+
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        x = x.to(device)
+        post = model.encode(x)
+        recon = model.decode(post.f_mean, post.z_mean)
+        swap = model.decode(post.f_mean.roll(-1, 0), post.z_mean)
+    model.train(was_training)
+    rows = [list(x.cpu()), list(recon.float().cpu()), list(swap.float().cpu())]
+    write_gif_grid(rows, run_dir / "samples" / f"step_{step:07d}.gif",
+                   labels=["real", "reconstruction", "static of next"], overwrite=True)
+
+
+def _tensorboard(run_dir: Path, cfg: TrainConfig):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise DsvaeError("TensorBoard logging needs the tensorboard package: pip install 'dsvae[tb]'") from exc
+    return SummaryWriter(str(run_dir / "tb"))
+

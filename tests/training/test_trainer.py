@@ -1,0 +1,159 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dsvae
+from dsvae.cli import main
+from dsvae.errors import DsvaeError, TrainingDiverged
+from dsvae.models.dsvae import DSVAE
+from dsvae.training import trainer as trainer_mod
+from dsvae.training.trainer import train
+
+FAST = dict(preset="tiny", limit=240, batch_size=8, sample_every=0, progress=False, log_every=5)
+
+
+def _run(tmp_path, data, name="run", **kw):
+    return train(data=str(data), out=str(tmp_path / name), **{**FAST, **kw})
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def test_loss_falls(tmp_path, procedural_h5):
+    res = _run(tmp_path, procedural_h5, max_steps=60, lr=3e-3)
+    lines = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(5, 61, 5))
+    assert lines[-1]["loss"] < 0.6 * lines[0]["loss"]
+    assert lines[-1]["recon"] < lines[0]["recon"]
+
+
+def test_run_folder_and_checkpoint_round_trip(tmp_path, procedural_h5):
+    res = _run(tmp_path, procedural_h5, max_steps=10, checkpoint_every=4, keep_checkpoints=2, sample_every=5)
+    run = res.run_dir
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model_type"] == "dsvae" and cfg["model_config"]["image_size"] == 16
+    assert cfg["train"]["batch_size"] == 8
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["last.pt", "step_0000008.pt", "step_0000010.pt"]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000005.gif", "step_0000010.gif"]
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["format_version"] >= 1 and ckpt["step"] == 10
+    assert set(ckpt["optimizers"]) == {"main"} and "torch" in ckpt["rng"]
+    loaded = dsvae.load(run)
+    assert isinstance(loaded, DSVAE) and not loaded.training
+    model = res.model.eval()
+    x = torch.rand(2, 8, 3, 16, 16)
+    with torch.no_grad():
+        a, b = model.encode(x), loaded.encode(x)
+        assert torch.equal(a.f_mean, b.f_mean) and torch.equal(a.z_mean, b.z_mean)
+        assert torch.equal(model.decode(a.f_mean, a.z_mean), loaded.decode(b.f_mean, b.z_mean))
+    # the checkpoint file alone rebuilds the model too
+    alone = dsvae.load(run / "checkpoints" / "step_0000008.pt")
+    assert alone.config == loaded.config
+
+
+def test_resume_is_exact(tmp_path, procedural_h5, monkeypatch):
+    full = _run(tmp_path, procedural_h5, name="full", max_steps=14, checkpoint_every=4)
+    # a run killed at step 7 (after its checkpoint at step 4), then resumed to the end
+    calls = {"n": 0}
+    real_batch = trainer_mod._DeviceData.batch
+
+    def dying_batch(self, idx):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real_batch(self, idx)
+
+    monkeypatch.setattr(trainer_mod._DeviceData, "batch", dying_batch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, procedural_h5, name="killed", max_steps=14, checkpoint_every=4)
+    monkeypatch.setattr(trainer_mod._DeviceData, "batch", real_batch)
+    killed = tmp_path / "killed"
+    assert torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
+    resumed = train(data=str(procedural_h5), out=str(killed), resume=True, progress=False)
+    assert resumed.step == 14
+    a, b = _weights(full.run_dir), _weights(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no duplicated lines after the resume
+
+
+def test_existing_run_folder(tmp_path, procedural_h5):
+    _run(tmp_path, procedural_h5, max_steps=2)
+    with pytest.raises(DsvaeError, match="already exists"):
+        _run(tmp_path, procedural_h5, max_steps=2)
+    res = _run(tmp_path, procedural_h5, max_steps=3, overwrite=True)
+    assert res.step == 3
+    other = tmp_path / "not_a_run"
+    other.mkdir()
+    (other / "thesis.tex").write_text("precious")
+    with pytest.raises(DsvaeError, match="not a dsvae run folder"):
+        _run(tmp_path, procedural_h5, name="not_a_run", max_steps=2, overwrite=True)
+    assert (other / "thesis.tex").exists()
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, procedural_h5, monkeypatch):
+    real_loss = DSVAE.loss
+    calls = {"n": 0}
+
+    def nan_after_six(self, batch, phase="main"):
+        calls["n"] += 1
+        terms = real_loss(self, batch, phase)
+        if calls["n"] > 6:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(DSVAE, "loss", nan_after_six)
+    with pytest.raises(TrainingDiverged, match="NaN or infinite by step 7.*step 4"):
+        _run(tmp_path, procedural_h5, max_steps=20, checkpoint_every=4)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_cli_train_and_errors(tmp_path, procedural_h5, capsys):
+    out = tmp_path / "cli_run"
+    rc = main(["train", "--data", str(procedural_h5), "--out", str(out), "--preset", "tiny", "--max-steps", "3",
+               "--limit", "64", "--batch-size", "8", "--sample-every", "0", "--quiet"])
+    assert rc == 0 and (out / "checkpoints" / "last.pt").exists()
+    assert "trained 3 steps" in capsys.readouterr().out
+    for args, msg in [
+        (["--data", str(tmp_path / "none.h5")], "does not exist"),
+        (["--data", str(procedural_h5), "--set", "z_dim=0"], "z_dim must be positive"),
+        (["--data", str(procedural_h5), "--preset", "huge"], "unknown preset"),
+        (["--data", str(procedural_h5), "--batch-size", "-4"], "batch_size must be a positive"),
+    ]:
+        rc = main(["train", "--out", str(tmp_path / "bad"), "--preset", "tiny", "--quiet", *args])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and err.count("\n") == 1
+        assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tmp_path, procedural_h5):
+    """torchrun with 2 gloo processes gives the same weights as 1 process on the same global batch."""
+    common = ["-m", "dsvae", "train", "--data", str(procedural_h5), "--preset", "tiny", "--max-steps", "6",
+              "--batch-size", "8", "--limit", "96", "--sample-every", "0", "--quiet", "--set", "norm=group"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          *common, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    cfg = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert cfg["world_size"] == 2
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+    last = [json.loads((tmp_path / r / "metrics.jsonl").read_text().splitlines()[-1]) for r in ("one", "two")]
+    assert last[0]["step"] == last[1]["step"] == 6
+    assert last[0]["loss"] == pytest.approx(last[1]["loss"], rel=1e-4)
