@@ -138,6 +138,8 @@ def _resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     preset_model, preset_train = get_preset(cfg.model, cfg.preset)
     values = cfg.to_dict()
     for key, value in preset_train.items():
+        if key == "epochs" and values.get("max_steps") is not None:
+            continue  # an explicit step budget replaces the preset's epochs
         if values.get(key) is None:
             values[key] = value
     if values["epochs"] is None and values["max_steps"] is None:
@@ -248,13 +250,13 @@ class _MetricLog:
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.counts: dict[str, int] = {}  # per term: multi-phase models add each phase's terms separately
 
     def add(self, terms: Mapping[str, torch.Tensor]) -> None:
         for k, v in terms.items():
             v = v.detach().float()
             self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
-        self.count += 1
+            self.counts[k] = self.counts.get(k, 0) + 1
 
     def pop(self, world: int = 1) -> dict[str, float]:
         """Window means; averaged over ranks when data-parallel (so they describe the global batch)."""
@@ -263,8 +265,8 @@ class _MetricLog:
             stacked = torch.stack([self.sums[k] for k in keys])
             dist.all_reduce(stacked)
             self.sums = dict(zip(keys, stacked / world))
-        out = {k: float(v) / max(self.count, 1) for k, v in self.sums.items()}
-        self.sums, self.count = {}, 0
+        out = {k: float(v) / max(self.counts.get(k, 0), 1) for k, v in self.sums.items()}
+        self.sums, self.counts = {}, {}
         return out
 
 
