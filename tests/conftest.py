@@ -13,7 +13,8 @@ LPC_DIR = Path(os.environ.get("DSVAE_LPC_DIR", REPO.parent / "shared" / "sprites
 
 
 def pytest_configure(config):
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # Tiny models: one thread is fastest and keeps a loaded 2-core machine responsive.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

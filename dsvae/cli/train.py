@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="paper", help="model/training preset (default paper; cpu, tiny, ...)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model config value, e.g. --set z_dim=16 (JSON values); repeatable")
+    p.add_argument("--label", choices=["action", "body", "bottom", "top", "hair"],
+                   help="label factor of the cvae / aae-sup / aae-semi baselines (shorthand for --set label=...)")
     p.add_argument("--epochs", type=float, help="epochs to train (default: the preset's)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimisation steps")
     p.add_argument("--max-minutes", type=float, help="stop (and checkpoint) after this much wall time")
@@ -59,9 +61,12 @@ def _train(args: argparse.Namespace) -> int:
     from dsvae.training.trainer import train
 
     sample_every = args.sample_every
+    model_config = parse_overrides(args.set)
+    if args.label is not None:
+        model_config["label"] = args.label
     result = train(
         data=args.data, out=args.out, model=args.model, preset=args.preset,
-        model_config=parse_overrides(args.set), epochs=args.epochs, max_steps=args.max_steps,
+        model_config=model_config, epochs=args.epochs, max_steps=args.max_steps,
         max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip,
         device=args.device, amp=args.amp, seed=args.seed, limit=args.limit, resident=not args.lazy,
         log_every=args.log_every, checkpoint_every=args.checkpoint_every, sample_every=sample_every,

@@ -29,6 +29,65 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     },
 }
 
+# -- image-level baselines (dsvae.models.baselines, dsvae.models.aae) -----------------------
+# They train on frames: a batch of B sequences is B*T = 8B images. "paper" keeps the
+# DSVAE's DCGAN-64 backbone (widths 64-128-256-512) and the AAE papers' discriminators
+# (two hidden layers of 1000 units, Makhzani et al.); "cpu" and "tiny" shrink them like
+# the DSVAE's presets. Adversarial models get Adam with beta1 = 0.5 in their adversarial
+# phases (config adv_beta1) and a smaller learning rate.
+_BASE_CPU = {"widths": (16, 32, 64, 128), "feature_dim": 128}
+_BASE_TINY = {**_TINY_BACKBONE, "feature_dim": 16}
+_VAE_TRAIN = {
+    "paper": {"batch_size": 32, "lr": 1e-3, "epochs": 100},
+    "cpu": {"batch_size": 16, "lr": 1e-3, "epochs": 20},
+    "tiny": {"batch_size": 8, "lr": 2e-3, "epochs": 1},
+}
+_AAE_TRAIN = {
+    "paper": {"batch_size": 32, "lr": 2e-4, "epochs": 100},
+    "cpu": {"batch_size": 16, "lr": 5e-4, "epochs": 20},
+    "tiny": {"batch_size": 8, "lr": 2e-3, "epochs": 1},
+}
+_AAE_CPU = {**_BASE_CPU, "disc_hidden": 256}
+_AAE_TINY = {**_BASE_TINY, "z_dim": 4, "disc_hidden": 32}
+
+PRESETS.update({
+    "ae": {
+        "paper": {"model": {"code_dim": 128}, "train": _VAE_TRAIN["paper"]},
+        "cpu": {"model": {**_BASE_CPU, "code_dim": 64}, "train": _VAE_TRAIN["cpu"]},
+        "tiny": {"model": {**_BASE_TINY, "code_dim": 8}, "train": _VAE_TRAIN["tiny"]},
+    },
+    "vae": {
+        "paper": {"model": {"latent_dim": 128}, "train": _VAE_TRAIN["paper"]},
+        "cpu": {"model": {**_BASE_CPU, "latent_dim": 64}, "train": _VAE_TRAIN["cpu"]},
+        "tiny": {"model": {**_BASE_TINY, "latent_dim": 8}, "train": _VAE_TRAIN["tiny"]},
+    },
+    "cvae": {
+        "paper": {"model": {"latent_dim": 128, "classifier_hidden": 256}, "train": _VAE_TRAIN["paper"]},
+        "cpu": {"model": {**_BASE_CPU, "latent_dim": 64, "classifier_hidden": 128}, "train": _VAE_TRAIN["cpu"]},
+        "tiny": {"model": {**_BASE_TINY, "latent_dim": 8, "classifier_hidden": 16}, "train": _VAE_TRAIN["tiny"]},
+    },
+    "aae": {
+        "paper": {"model": {"z_dim": 32}, "train": _AAE_TRAIN["paper"]},
+        "cpu": {"model": {**_AAE_CPU, "z_dim": 16}, "train": _AAE_TRAIN["cpu"]},
+        "tiny": {"model": _AAE_TINY, "train": _AAE_TRAIN["tiny"]},
+        # a 2-D latent for latent-plane grids (`dsvae baseline-outputs --grid`): N(0, 5^2) as in the paper,
+        # or 10 Gaussians on a circle
+        "latent2d": {"model": {**_AAE_CPU, "z_dim": 2, "prior_std": 5.0}, "train": _AAE_TRAIN["cpu"]},
+        "mixture2d": {"model": {**_AAE_CPU, "z_dim": 2, "prior": "mixture", "mixture_components": 10,
+                                "mixture_radius": 4.0, "mixture_std": 0.5}, "train": _AAE_TRAIN["cpu"]},
+    },
+    "aae-sup": {
+        "paper": {"model": {"z_dim": 16}, "train": _AAE_TRAIN["paper"]},
+        "cpu": {"model": {**_AAE_CPU, "z_dim": 8}, "train": _AAE_TRAIN["cpu"]},
+        "tiny": {"model": _AAE_TINY, "train": _AAE_TRAIN["tiny"]},
+    },
+    "aae-semi": {
+        "paper": {"model": {"z_dim": 16}, "train": _AAE_TRAIN["paper"]},
+        "cpu": {"model": {**_AAE_CPU, "z_dim": 8}, "train": _AAE_TRAIN["cpu"]},
+        "tiny": {"model": _AAE_TINY, "train": _AAE_TRAIN["tiny"]},
+    },
+})
+
 
 def preset_names(model: str) -> list[str]:
     return sorted(PRESETS.get(model, {}))
