@@ -47,7 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Keep the static code of a sequence and draw dynamics from the model's prior "
                                    "(--fix static; shown as the per-step means of the prior's roll-out, or its "
                                    "samples with --prior-samples), or keep its dynamics and draw static codes "
-                                   "from N(0, I) (--fix dynamic). Needs a model with a sequence prior.")
+                                   "from N(0, I) (--fix dynamic). Needs a model with a sequence prior. "
+                                   "--grid instead decodes a uniform grid over the 2-D latent plane of an "
+                                   "adversarial autoencoder (z_dim 2) into one PNG.")
     m.add_argument("--data", help="data set .h5 file")
     m.add_argument("--fix", choices=["static", "dynamic"], default="static", help="part kept (default static)")
     m.add_argument("--index", type=int, help="index of the sequence in the split")
@@ -56,6 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--seed", type=int, default=0, help="seed of the prior draws (default 0)")
     m.add_argument("--prior-samples", action="store_true",
                    help="--fix static: show the prior's sampled dynamics instead of their per-step means")
+    m.add_argument("--grid", action="store_true",
+                   help="AAE with a 2-D latent: decode a uniform grid over the latent plane into one PNG (--out X.png)")
+    m.add_argument("--grid-size", type=int, default=15, help="--grid: points per side (default 15)")
+    m.add_argument("--grid-range", type=float, nargs=2, default=(-10.0, 10.0), metavar=("LO", "HI"),
+                   help="--grid: latent range on both axes (default -10 10)")
     _view_options(m, "sample.gif")
     m.set_defaults(func=_sample)
 
@@ -111,6 +118,15 @@ def _swap(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
     from dsvae.viz.swap import sample
+
+    if args.grid:
+        from dsvae.viz.baselines import latent_grid
+
+        out = args.out if args.out != "sample.gif" else "latent_grid.png"
+        path = latent_grid(args.run, out, grid_size=args.grid_size, grid_range=tuple(args.grid_range),
+                           scale=max(1, args.scale // 2), device=args.device, overwrite=args.overwrite)
+        print(f"wrote {path}")
+        return 0
 
     return _run(sample, run=args.run, data=args.data, fix=args.fix, index=args.index, source=args.input, n=args.n,
                 seed=args.seed, prior_means=not args.prior_samples, **_view_kwargs(args))

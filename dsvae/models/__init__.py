@@ -11,6 +11,7 @@ from dsvae.models.base import ModelConfig, Posterior, SequenceModel
 #: name -> "module:Class"; imported on first use.
 MODELS: dict[str, str] = {
     "dsvae": "dsvae.models.dsvae:DSVAE",
+    "cdsvae": "dsvae.models.cdsvae:CDSVAE",
     "ae": "dsvae.models.baselines:AE",
     "vae": "dsvae.models.baselines:VAE",
     "cvae": "dsvae.models.baselines:ClassifierVAE",

@@ -1,7 +1,8 @@
 """Named presets: a model config plus the training defaults that go with it.
 
 ``paper`` is the faithful configuration, ``cpu`` is sized for a 2-core CPU, and
-``tiny`` is for tests (16x16 frames, seconds per run).
+``tiny`` is for tests (16x16 frames, seconds per run). The DSVAE's ``demo`` preset is the
+one ``dsvae demo`` trains (32x32 frames, about five minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
             "model": {**_TINY_BACKBONE, "feature_dim": 16, "hidden_dim": 16, "prior_hidden_dim": 16,
                       "f_dim": 8, "z_dim": 4},
             "train": {"batch_size": 8, "lr": 2e-3, "epochs": 1},
+        },
+        # `dsvae demo`: 32x32 frames, 20 epochs (5,620 steps) in about five minutes on 2 CPU cores with bf16
+        # autocast. recon_weight 8 (= KL weights 1/8) keeps the skin and trouser colours the judge scores;
+        # the demo trains on motion-mixed sequences (dsvae.demo.mix_motions) so the facing direction goes to z.
+        "demo": {
+            "model": {"image_size": 32, "widths": (16, 32, 64), "feature_dim": 64, "hidden_dim": 64,
+                      "prior_hidden_dim": 32, "f_dim": 16, "z_dim": 8, "recon_weight": 8.0},
+            "train": {"batch_size": 32, "lr": 2e-3, "epochs": 20},
         },
     },
 }
@@ -87,6 +96,23 @@ PRESETS.update({
         "tiny": {"model": _AAE_TINY, "train": _AAE_TRAIN["tiny"]},
     },
 })
+
+
+# -- the improved DSVAE (dsvae.models.cdsvae) ----------------------------------------------
+# The DSVAE's backbones (same widths and LSTM sizes per preset) plus the self-supervised
+# ingredients at their config defaults; a smaller z than the DSVAE's. Switch an ingredient
+# off with its weight (e.g. `dsvae train --set mi_weight=0`) to attribute its gain.
+PRESETS["cdsvae"] = {
+    "paper": {"model": {"z_dim": 32}, "train": {"batch_size": 128, "lr": 1e-3, "epochs": 100}},
+    "cpu": {
+        "model": {**PRESETS["dsvae"]["cpu"]["model"], "z_dim": 8},
+        "train": {"batch_size": 32, "lr": 1e-3, "epochs": 20},
+    },
+    "tiny": {
+        "model": {**PRESETS["dsvae"]["tiny"]["model"], "temperature": 0.5},
+        "train": {"batch_size": 8, "lr": 2e-3, "epochs": 1},
+    },
+}
 
 
 def preset_names(model: str) -> list[str]:

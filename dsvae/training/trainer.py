@@ -32,11 +32,11 @@ from dsvae.errors import DsvaeError, TrainingDiverged
 from dsvae.models import SequenceModel, build_model, model_class
 from dsvae.models.presets import get_preset
 from dsvae.training import checkpoint as ckpt_io
-from dsvae.training.runtime import apply_cpu_allocator_settings
+from dsvae.training.runtime import apply_cpu_allocator_settings, speed_up
 
 #: Options that may change when a run is resumed; everything else comes from the saved run.
 RESUMABLE = ("epochs", "max_steps", "max_minutes", "device", "progress", "log_every", "checkpoint_every",
-             "sample_every", "keep_checkpoints", "tensorboard")
+             "sample_every", "keep_checkpoints", "tensorboard", "channels_last", "compile")
 
 
 @dataclass
@@ -58,6 +58,8 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     amp: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
     limit: int | None = None
     resident: bool = True
     workers: int = 0
@@ -105,6 +107,37 @@ def amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
     if choice == "bf16":
         return torch.bfloat16
     raise DsvaeError(f"unknown --amp {choice!r} (use auto, bf16 or off)")
+
+
+def build_optimizers(model: SequenceModel, lr: float, weight_decay: float = 0.0) -> dict[str, torch.optim.Optimizer]:
+    """One Adam per optimisation phase of ``model`` (with the phase's extra options)."""
+    return {
+        phase: torch.optim.Adam(model.phase_parameters(phase), lr=lr, weight_decay=weight_decay,
+                                **model.optimizer_options(phase))
+        for phase in model.phases
+    }
+
+
+def optimisation_step(wrapped: torch.nn.Module, model: SequenceModel, optimizers: Mapping[str, torch.optim.Optimizer],
+                      batch: Mapping[str, torch.Tensor], device_type: str, autocast_dtype: torch.dtype | None,
+                      grad_clip: float) -> dict[str, dict[str, torch.Tensor]]:
+    """One training step: every phase of the model (forward through ``wrapped``, backward, clip, Adam step).
+
+    ``wrapped`` is the model itself or what calls it (DDP, ``torch.compile``); ``autocast_dtype``
+    None means float32. Returns each phase's loss terms (not synchronised with the device).
+    """
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for phase in model.phases:
+        with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            terms = wrapped(batch, phase=phase)
+        opt = optimizers[phase]
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.phase_parameters(phase), grad_clip)
+        opt.step()
+        out[phase] = terms
+    return out
 
 
 @dataclass
@@ -320,11 +353,8 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
 
     _create_run_dir(run_dir, cfg, info)
     model.to(device)
-    optimizers = {
-        phase: torch.optim.Adam(model.phase_parameters(phase), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                **model.optimizer_options(phase))
-        for phase in model.phases
-    }
+    wrapped: torch.nn.Module = speed_up(model, channels_last=cfg.channels_last)  # before Adam sees the weights
+    optimizers = build_optimizers(model, cfg.lr, cfg.weight_decay)
     step = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -335,7 +365,6 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
         _truncate_metrics(run_dir / "metrics.jsonl", step, info.main)
     test_batch = _sample_batch(cfg, model) if info.main else None
 
-    wrapped: torch.nn.Module = model
     if info.world > 1:
         if device.type == "cuda":
             wrapped = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -344,6 +373,8 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
             find_unused_parameters=len(model.phases) > 1,
         )
         model.noise_context = (cfg.batch_size, info.rank * local_batch)
+    if cfg.compile:
+        wrapped = speed_up(wrapped, compile=True)
 
     if info.main:
         _write_config(run_dir, cfg, model, info, device)
@@ -365,15 +396,9 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
         while step < total_steps:
             epoch, idx = next(batches)
             batch = data.batch(idx[info.rank * local_batch:(info.rank + 1) * local_batch])
-            for phase in model.phases:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_dtype is not None):
-                    terms = wrapped(batch, phase=phase)
-                opt = optimizers[phase]
-                opt.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.phase_parameters(phase), cfg.grad_clip)
-                opt.step()
+            phase_terms = optimisation_step(wrapped, model, optimizers, batch, device.type, autocast_dtype,
+                                            cfg.grad_clip)
+            for phase, terms in phase_terms.items():
                 bad |= ~torch.isfinite(terms["loss"].detach())
                 log.add({k if len(model.phases) == 1 else f"{phase}/{k}": v for k, v in terms.items()})
             step += 1

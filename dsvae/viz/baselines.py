@@ -105,6 +105,42 @@ def interpolate_codes(model: FrameModel, a: torch.Tensor, b: torch.Tensor, steps
     return model.decode_frames(ca[:, None] + s * (cb - ca)[:, None])
 
 
+def write_latent_grid(model: FrameModel, out: Path, grid_size: int = 15,
+                      grid_range: tuple[float, float] = (-10.0, 10.0), scale: int = 2) -> Path:
+    """Decode a uniform ``grid_size`` x ``grid_size`` grid over a 2-D latent plane into one PNG."""
+    lo, hi = grid_range
+    with torch.no_grad():
+        imgs = model.decode_grid(grid_size, float(lo), float(hi)).float().cpu()
+    return write_png_grid([list(imgs[r * grid_size:(r + 1) * grid_size]) for r in range(grid_size)], out,
+                          scale=max(1, scale))
+
+
+def latent_grid(run_or_model: Any, out: str | os.PathLike, grid_size: int = 15,
+                grid_range: tuple[float, float] = (-10.0, 10.0), scale: int = 2,
+                device: str | torch.device = "cpu", overwrite: bool = False) -> Path:
+    """``dsvae sample --grid``: the latent-plane grid of an AAE with a 2-D latent, as one PNG."""
+    if not isinstance(grid_size, int) or isinstance(grid_size, bool) or grid_size <= 0:
+        raise DsvaeError(f"grid size must be a positive integer, got {grid_size!r}")
+    path = check_output_path(out, overwrite=overwrite, what="output")
+    if path.suffix.lower() != ".png":
+        raise DsvaeError(f"the latent grid is a PNG image; give an output ending in .png, not {path.name}")
+    if isinstance(run_or_model, torch.nn.Module):
+        model = run_or_model
+    else:
+        from dsvae import load
+
+        model = load(run_or_model, device=device)
+    if not hasattr(model, "decode_grid"):
+        raise NotApplicable(f"a latent grid needs an adversarial autoencoder with a 2-D latent, not "
+                            f"{getattr(model, 'model_type', type(model).__name__)!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        return write_latent_grid(model, path, grid_size, grid_range, scale)
+    finally:
+        model.train(was_training)
+
+
 def baseline_outputs(
     run_or_model: Any,
     data: str | os.PathLike,
@@ -186,10 +222,7 @@ def _write_all(model: FrameModel, ds: SpritesDataset, paths: dict[str, Path], n:
         write_png_grid([list(row) for row in grid_imgs], paths["style_grid.png"],
                        labels=[f"z{i}" for i in range(n)], col_labels=names, scale=scale)
     if grid:
-        lo, hi = grid_range
-        imgs = model.decode_grid(grid_size, float(lo), float(hi)).float().cpu()
-        write_png_grid([list(imgs[r * grid_size:(r + 1) * grid_size]) for r in range(grid_size)],
-                       paths["latent_grid.png"], scale=max(1, scale // 2))
+        write_latent_grid(model, paths["latent_grid.png"], grid_size, grid_range, scale=max(1, scale // 2))
 
     # interpolation: frame of sequence i -> frame of a sequence half the split away
     g = torch.Generator().manual_seed(seed)
@@ -212,4 +245,5 @@ def _write_all(model: FrameModel, ds: SpritesDataset, paths: dict[str, Path], n:
     atomic_write_text(paths["summary.json"], json.dumps(summary, indent=2) + "\n")
 
 
-__all__ = ["baseline_outputs", "class_names", "evaluate_frames", "interpolate_codes", "write_png_grid"]
+__all__ = ["baseline_outputs", "class_names", "evaluate_frames", "interpolate_codes", "latent_grid",
+           "write_latent_grid", "write_png_grid"]

@@ -217,7 +217,7 @@ def test_loss_falls_and_checkpoint_round_trips(tmp_path, procedural_h5, name, ke
 def test_cli_train_smoke(tmp_path, procedural_h5, capsys, name):
     out = tmp_path / name
     extra = ["--label", "hair"] if name in ("cvae", "aae-sup", "aae-semi") else []
-    extra += ["--set", "label_pool=64", "--set", "labeled=20"] if name == "aae-semi" else []
+    extra += ["--set", "label_pool=64", "--labeled", "20"] if name == "aae-semi" else []
     rc = main(["train", "--model", name, "--data", str(procedural_h5), "--out", str(out), "--preset", "tiny",
                "--max-steps", "3", "--limit", "64", "--batch-size", "8", "--sample-every", "0", "--quiet", *extra])
     assert rc == 0 and (out / "checkpoints" / "last.pt").exists()
@@ -226,6 +226,8 @@ def test_cli_train_smoke(tmp_path, procedural_h5, capsys, name):
     assert cfg["model_type"] == name
     if extra:
         assert cfg["model_config"]["label"] == "hair"
+    if name == "aae-semi":
+        assert cfg["model_config"]["labeled"] == 20
 
 
 def test_cli_label_on_a_model_without_labels(tmp_path, procedural_h5, capsys):

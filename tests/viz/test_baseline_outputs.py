@@ -3,6 +3,7 @@
 import json
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -94,6 +95,17 @@ def test_cli_outputs_with_latent_grid(tmp_path, procedural_h5, capsys):
     assert main(args) == 2 and "already exists" in capsys.readouterr().err
     assert (out / "summary.json").stat().st_mtime_ns == before
     assert main(args + ["--overwrite"]) == 0
+
+    # the same grid from `dsvae sample --grid`: identical pixels
+    png = tmp_path / "grid.png"
+    sample = ["sample", "--run", str(run), "--grid", "--grid-size", "4", "--grid-range", "-8", "8", "--out", str(png)]
+    assert main(sample) == 0 and str(png) in capsys.readouterr().out
+    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(out / "latent_grid.png")))
+    assert main(sample[:-1] + [str(tmp_path / "grid.gif")]) == 2 and ".png" in capsys.readouterr().err
+    dsvae_run = train(data=str(procedural_h5), out=str(tmp_path / "dsvae"), preset="tiny", limit=16, batch_size=8,
+                      max_steps=1, sample_every=0, progress=False).run_dir
+    assert main(["sample", "--run", str(dsvae_run), "--grid", "--out", str(tmp_path / "g2.png")]) == 2
+    assert "2-D latent" in capsys.readouterr().err and not (tmp_path / "g2.png").exists()
 
 
 def test_errors(tmp_path, procedural_h5, capsys):
