@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                     overwrite=True)
         seconds = time.time() - t0
         report = evaluate(run_dir, args.judge, args.data, repeats=args.repeats, limit=args.eval_limit,
-                          device=args.device, out=run_dir / "RESULTS.json", overwrite=True, name=name)
+                          device=args.device, out=run_dir / "RESULTS.json", overwrite=True, name=name,
+                          amp="off" if args.amp == "auto" else args.amp)
         entry = {"train_seconds": seconds, "steps": res.step, "eval": {k: report[k] for k in
                                                                         ("dynamic", "static", "swap", "n_videos")}}
         extra = ""
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
               "frame MSE / label error |\n|---|---:|---:|---:|---:|---:|---:|---|")
     n_videos = next(iter(results.values()))["eval"]["n_videos"]
     table = (f"{header}\n" + "\n".join(rows) + "\n\n"
-             f"Data {args.data}, preset {args.preset}, {args.minutes} min per model (amp {args.amp}), judge "
+             f"Data {args.data}, preset {args.preset}, {args.minutes} min per model (amp {args.amp}, also for the judged eval), judge "
              f"{args.judge}, {n_videos} test videos x {args.repeats} repeat(s); torch {torch.__version__}, "
              f"{cpu}, {torch.get_num_threads()} threads. Command: python {' '.join(sys.argv)}\n")
     print("\n" + table)

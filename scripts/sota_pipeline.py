@@ -219,7 +219,8 @@ def write_table(out: Path, args: argparse.Namespace, reports: list[dict[str, Any
     from dsvae.evaluation.protocol import markdown_row
 
     header = markdown_row("x", {})[0]
-    n_cols = header.splitlines()[0].count("|") - 2
+    first = header.splitlines()[0]
+    n_cols = first.count("|") - first.count("\\|") - 2  # value columns ("\|" is an escaped pipe inside a cell)
     lines = [f"# Sprites: DSVAE vs improved DSVAE (cdsvae), preset `{args.preset}`", "",
              "## Literature (dynamic test only)", "", header]
     for label, acc, is_, hyx, hy in LITERATURE:

@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=float, default=5, help="passes over the train split (default 5)")
     t.add_argument("--batch-size", type=int, default=64, help="sequences per step (default 64)")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    t.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"],
+                   help="cosine: decay the learning rate to 0 over the run (default); constant")
     t.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
     t.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
                    help="autocast precision: auto = bf16 on GPU, fp32 on CPU")
@@ -59,6 +61,7 @@ def _train(args: argparse.Namespace) -> int:
         args.data, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
         seed=args.seed, config=args.preset, image_size=args.image_size, augment=args.augment,
         progress=not args.quiet, overwrite=args.overwrite, limit=args.limit, amp=args.amp,
+        lr_schedule=args.lr_schedule,
     )
     print(f"trained the judge for {res.steps} steps in {res.seconds:.0f} s ({res.seq_per_s:.1f} seq/s); "
           f"saved {res.path}")

@@ -267,6 +267,10 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, shift: int = 2, n
     return out.clamp_(0.0, 1.0)
 
 
+#: Learning-rate schedules of :func:`train_judge`.
+LR_SCHEDULES = ("cosine", "constant")
+
+
 def train_judge(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -282,6 +286,7 @@ def train_judge(
     overwrite: bool = False,
     limit: int | None = None,
     amp: str = "auto",
+    lr_schedule: str = "cosine",
 ) -> JudgeResult:
     """Train a judge on the train split of ``data`` and save it to ``out``.
 
@@ -290,7 +295,8 @@ def train_judge(
     :func:`judge_config`). The whole train split stays in memory as uint8 (on the GPU when
     training there) and batches are gathered by indexing; every epoch visits all sequences in
     a seeded random order (the last batch may be smaller). Loss: cross-entropy summed over the
-    five heads; Adam with ``lr``. ``augment`` turns on :func:`augment_batch` (off by default).
+    five heads; Adam with ``lr``, decayed to 0 along a half cosine over the planned steps
+    (``lr_schedule="cosine"``, the default) or kept (``"constant"``). ``augment`` turns on :func:`augment_batch` (off by default).
     ``amp``: ``auto`` = bf16 autocast on a GPU, fp32 on a CPU; ``bf16``; ``off``.
     When the file has a test split, the per-head test accuracy is measured at the end and
     saved with the judge. An existing ``out`` is refused unless ``overwrite``.
@@ -313,6 +319,8 @@ def train_judge(
             raise DsvaeError(f"{name} must be positive, got {value!r}")
     if limit is not None and limit <= 0:
         raise DsvaeError(f"limit must be positive, got {limit!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise DsvaeError(f"unknown learning-rate schedule {lr_schedule!r} (use {' or '.join(LR_SCHEDULES)})")
     apply_cpu_allocator_settings()
     dev = resolve_device(device)
     autocast = amp_dtype(amp, dev)
@@ -351,6 +359,9 @@ def train_judge(
                 if step >= total:
                     break
                 t_step = time.time()
+                if lr_schedule == "cosine":
+                    for group in opt.param_groups:
+                        group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
                 idx = perm[start:start + batch_size]
                 x = to_float(videos[idx.to(videos.device)].to(dev, non_blocking=True))
                 if augment:
@@ -383,7 +394,7 @@ def train_judge(
     seconds = time.time() - t0
     save_judge(out, judge, test_accuracy=test_acc, train_accuracy=train_acc,
                data_source=ds.attrs.get("source"), data_path=str(data),
-               train_config={"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+               train_config={"epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_schedule": lr_schedule, "seed": seed,
                              "augment": augment, "limit": limit, "steps": step, "amp": amp})
     judge.meta = {"test_accuracy": test_acc, "train_accuracy": train_acc, "data_source": ds.attrs.get("source"),
                   "data_path": str(data), "path": str(out)}

@@ -99,3 +99,23 @@ def test_bad_judge_files(tmp_path, procedural_h5, capsys):
     _cli_error(["judge", "test", "--judge", str(tmp_path), "--data", data], capsys)
     with pytest.raises(DsvaeError):
         load_judge(junk)
+
+
+def test_lr_schedule(procedural_h5, tmp_path, monkeypatch):
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    train_judge(procedural_h5, tmp_path / "cos.pt", config="tiny", epochs=1, limit=64, batch_size=16, progress=False)
+    assert seen[0] == pytest.approx(1e-3) and seen == sorted(seen, reverse=True) and seen[-1] < 0.2e-3
+    seen.clear()
+    train_judge(procedural_h5, tmp_path / "const.pt", config="tiny", epochs=1, limit=64, batch_size=16,
+                progress=False, lr_schedule="constant")
+    assert seen == [pytest.approx(1e-3)] * 4
+    assert load_judge(tmp_path / "const.pt").meta["train_config"]["lr_schedule"] == "constant"
+    with pytest.raises(DsvaeError, match="schedule"):
+        train_judge(procedural_h5, tmp_path / "bad.pt", config="tiny", epochs=1, lr_schedule="step", progress=False)
