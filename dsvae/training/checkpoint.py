@@ -57,9 +57,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Rebuild the model of a checkpoint (or run folder) with its weights, in eval mode."""
-    from dsvae.models import build_model
+    """Rebuild the model of a checkpoint (or run folder) with its weights, in eval mode.
 
+    ``device``: a torch device or one of "auto" (CUDA when there is one), "cpu", "cuda[:N]".
+    """
+    from dsvae.models import build_model
+    from dsvae.training.trainer import resolve_device
+
+    if isinstance(device, str):
+        device = resolve_device(device)
     ckpt = load_checkpoint(path, map_location="cpu")
     model = build_model(ckpt["model_type"], ckpt["model_config"])
     model.load_state_dict(ckpt["model"])

@@ -117,9 +117,14 @@ def test_oracle_scores_perfectly(test_split, tiny_judge, procedural_h5):
         if name != "action":
             assert sta["attributes"][name]["mean"] >= acc - 0.02
             assert swp["attributes"][name]["mean"] >= acc - 0.02
-    assert dyn["inception_score"]["mean"] > 8.1  # = 9 exp(-H(y|x)) with H(y|x) < 0.1
+    # confidence: the oracle decodes real test videos, so its H(y|x) is the judge's own on real videos
+    # (how sure a judge is depends on its training, so the bound is relative to it, not a fixed number)
+    probs = tiny_judge.judge.predict(test_split.videos.float() / 255.0)["action"]
+    h_real = float(-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean())
+    assert h_real < 0.3  # the tiny judge is sure of itself on real videos
     assert dyn["h_y"]["mean"] == pytest.approx(math.log(9), abs=0.01)
-    assert dyn["h_yx"]["mean"] < 0.1
+    assert dyn["h_yx"]["mean"] == pytest.approx(h_real, abs=0.03)
+    assert dyn["inception_score"]["mean"] >= 9 * math.exp(-h_real - 0.03) - 0.1  # IS ~ exp(H(y) - H(y|x))
     assert dyn["balanced_videos"] == n  # the test split has every motion of every character
     # what the codes should not control: chance
     assert sta["action_accuracy"]["mean"] == pytest.approx(1 / 9, abs=0.03)

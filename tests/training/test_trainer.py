@@ -55,6 +55,12 @@ def test_run_folder_and_checkpoint_round_trip(tmp_path, procedural_h5):
     # the checkpoint file alone rebuilds the model too
     alone = dsvae.load(run / "checkpoints" / "step_0000008.pt")
     assert alone.config == loaded.config
+    # device strings as the CLI takes them: "auto" picks CUDA when there is one, a typo is a clear error
+    auto = dsvae.load(run, device="auto")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert next(auto.parameters()).device.type == expected
+    with pytest.raises(DsvaeError, match="unknown device"):
+        dsvae.load(run, device="gpu0")
 
 
 def test_resume_is_exact(tmp_path, procedural_h5, monkeypatch):
