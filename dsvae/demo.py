@@ -7,10 +7,10 @@
    Sprites need the raw LPC layers, ``sheets``);
 2. **judge**: reuses a judge that matches the demo's judge recipe (same architecture, training
    settings and data source) from the out folder or beside the data set, else trains one (a small
-   16x16 judge: about a minute on 2 CPU cores) and keeps a copy beside the data set for next time;
-3. **training**: trains the DSVAE with the ``demo`` preset (about five minutes on 2 CPU cores;
+   16x16 judge: seconds on 2 CPU cores) and keeps a copy beside the data set for next time;
+3. **training**: trains the DSVAE with the ``demo`` preset (3-4 minutes on 2 CPU cores;
    ``minutes`` caps the time) into ``OUT/run``, on ``OUT/train_mixed.h5``: the train split with a
-   motion change in half of its sequences (:func:`mix_motions`), so that the facing direction,
+   motion change in half of its sequences (:func:`dsvae.data.mixing.mix_motions`), so that the facing direction,
    constant in every original sequence, is learned as dynamics rather than as a static attribute;
 4. **outputs**: ``swap.gif`` (random test pairs with their static and dynamic codes exchanged),
    ``sample_static.gif`` / ``sample_dynamic.gif`` (one part of a sequence's code kept, the other
@@ -47,6 +47,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from dsvae import __version__
+from dsvae.data.mixing import mix_motions
 from dsvae.data.schema import open_h5
 from dsvae.errors import DsvaeError
 from dsvae.io import atomic_path, atomic_write_text
@@ -202,64 +203,6 @@ def _writable_parent(path: Path) -> None:
         probe = probe.parent
     if not os.access(probe, os.W_OK | os.X_OK):
         raise DsvaeError(f"cannot write {path}: folder {probe} is not writable")
-
-
-# ----------------------------------------------------------------------------------
-# the training set: motion mixing
-# ----------------------------------------------------------------------------------
-def mix_motions(data_file: str | os.PathLike, out: str | os.PathLike, share: float = 0.5, seed: int = 0,
-                image_size: int | None = None, limit: int | None = None, overwrite: bool = False,
-                progress: bool = False) -> Path:
-    """Write the train split of ``data_file`` with a motion change in ``share`` of its sequences.
-
-    A changed sequence keeps its first k frames (k uniform in 1..T-1) and takes frames k..T-1
-    from another motion of the same character (uniform over the motions the split has for it;
-    same time steps). Labels stay those of the first motion. Only what is constant in time
-    (the character's attributes) stays constant in every training sequence: the direction a
-    sprite faces is constant in every original sequence, so a DSVAE trained on them alone is
-    free to keep it in the static code f, and then a swap shows the static source's direction
-    with the donor's action (on the procedural set: direction from f in ~92% of swaps, so
-    ~33% swap action accuracy). Frames are stored at ``image_size`` (default: the data set's);
-    ``limit`` keeps the first N sequences. Seeded: the same arguments give the same file.
-    """
-    import numpy as np
-
-    from dsvae.data import schema
-    from dsvae.data.dataset import SpritesDataset
-
-    if not 0.0 <= share <= 1.0:
-        raise DsvaeError(f"mix share must be in [0, 1], got {share!r}")
-    ds = SpritesDataset(data_file, "train", image_size=image_size, limit=limit, progress=progress)
-    videos = ds.videos
-    assert videos is not None
-    n, frames = videos.shape[0], videos.shape[1]
-    if n == 0 or frames < 2:
-        raise DsvaeError(f"the train split of {data_file} has no sequences of 2 frames or more to mix")
-    rng = np.random.default_rng(seed)
-    chars, actions = ds.characters.numpy(), ds.actions.numpy()
-    by_char: dict[int, dict[int, int]] = {}
-    for i, (c, a) in enumerate(zip(chars.tolist(), actions.tolist())):
-        by_char.setdefault(c, {})[a] = i
-    mixed = videos.clone()
-    chosen = rng.random(n) < share
-    for i in np.flatnonzero(chosen):
-        others = [j for a, j in sorted(by_char[int(chars[i])].items()) if a != actions[i]]
-        if not others:
-            continue
-        j, k = int(rng.choice(others)), int(rng.integers(1, frames))
-        mixed[i, k:] = videos[j, k:]
-    labels = {"train": schema.SplitLabels(actions=actions, attributes=ds.attributes.numpy(), characters=chars)}
-    with open_h5(data_file) as f:
-        attrs = dict(f.attrs.items())
-    attrs["source_mixing"] = json.dumps({"from": str(data_file), "share": share, "seed": seed, "limit": limit,
-                                         "changed": int(chosen.sum())})
-    size = int(videos.shape[-1])
-    with schema.DatasetWriter(out, labels, attrs, frames=frames, size=size, overwrite=overwrite) as writer:
-        for start in range(0, n, 512):
-            block = mixed[start:start + 512].permute(0, 1, 3, 4, 2).contiguous().numpy()
-            writer.write("train", start, block)
-    ds.close()
-    return writer.path
 
 
 # ----------------------------------------------------------------------------------

@@ -220,29 +220,3 @@ def test_demo_preset_builds_a_32px_model():
     model = build_model("dsvae", model_cfg)
     assert model.config.image_size == 32
     assert train_cfg["batch_size"] > 0 and (train_cfg.get("epochs") or train_cfg.get("max_steps"))
-
-
-def test_mix_motions_changes_motion_mid_sequence(procedural_h5, tmp_path):
-    from dsvae.data.dataset import SpritesDataset
-    from dsvae.demo import mix_motions
-
-    out = mix_motions(procedural_h5, tmp_path / "mixed.h5", share=0.5, seed=3, image_size=16, limit=90)
-    orig = SpritesDataset(procedural_h5, "train", image_size=16, limit=90)
-    mixed = SpritesDataset(out, "train")
-    assert mixed.image_size == 16 and len(mixed) == 90
-    assert (mixed.actions == orig.actions).all() and (mixed.attributes == orig.attributes).all()
-    changed = 0
-    for i in range(90):
-        same = (mixed.videos[i] == orig.videos[i]).flatten(1).all(1)  # per frame
-        if same.all():
-            continue
-        changed += 1
-        k = int((~same).nonzero()[0])
-        assert k >= 1 and bool(same[:k].all())  # the first k frames are the sequence's own
-        donors = [j for j in range(90) if orig.characters[j] == orig.characters[i] and j != i]
-        assert any(bool((mixed.videos[i, k:] == orig.videos[j, k:]).all()) for j in donors)
-    assert 25 <= changed <= 65  # about half
-    again = mix_motions(procedural_h5, tmp_path / "again.h5", share=0.5, seed=3, image_size=16, limit=90)
-    assert bool((SpritesDataset(again, "train").videos == mixed.videos).all())  # seeded
-    with pytest.raises(DsvaeError, match="mix share"):
-        mix_motions(procedural_h5, tmp_path / "bad.h5", share=1.5)

@@ -26,7 +26,7 @@ def test_first_lines_are_the_fresh_machine_commands():
 
 
 def test_every_referenced_command_exists():
-    commands = set(re.findall(r"`dsvae ([a-z-]+(?: (?:train|test|build|info|preview))?)", readme()))
+    commands = set(re.findall(r"`dsvae ([a-z-]+(?: (?:train|test|build|info|preview|mix))?)", readme()))
     assert {"demo", "train", "eval", "swap", "sample", "interpolate", "judge train", "bench"} <= commands
     for command in sorted(commands):
         with pytest.raises(SystemExit) as exc:

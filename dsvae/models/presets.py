@@ -29,7 +29,7 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
         },
         # `dsvae demo`: 32x32 frames, 20 epochs (5,620 steps) in about five minutes on 2 CPU cores with bf16
         # autocast. recon_weight 8 (= KL weights 1/8) keeps the skin and trouser colours the judge scores;
-        # the demo trains on motion-mixed sequences (dsvae.demo.mix_motions) so the facing direction goes to z.
+        # the demo trains on motion-mixed sequences (dsvae.data.mixing.mix_motions) so the facing direction goes to z.
         "demo": {
             "model": {"image_size": 32, "widths": (16, 32, 64), "feature_dim": 64, "hidden_dim": 64,
                       "prior_hidden_dim": 32, "f_dim": 16, "z_dim": 8, "recon_weight": 8.0},
