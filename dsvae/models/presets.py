@@ -27,7 +27,7 @@ PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
                       "f_dim": 8, "z_dim": 4},
             "train": {"batch_size": 8, "lr": 2e-3, "epochs": 1},
         },
-        # `dsvae demo`: 32x32 frames, 20 epochs (5,620 steps) in about five minutes on 2 CPU cores with bf16
+        # `dsvae demo`: 32x32 frames, 20 epochs (5,620 steps) in 3-4 minutes on 2 CPU cores with bf16
         # autocast. recon_weight 8 (= KL weights 1/8) keeps the skin and trouser colours the judge scores;
         # the demo trains on motion-mixed sequences (dsvae.data.mixing.mix_motions) so the facing direction goes to z.
         "demo": {
