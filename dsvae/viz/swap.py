@@ -220,9 +220,8 @@ def _load_model(run: Any, device: str | torch.device) -> nn.Module:
     if isinstance(run, nn.Module):
         return run
     from dsvae import load
-    from dsvae.training.trainer import resolve_device
 
-    return load(run, device=resolve_device(str(device)))
+    return load(run, device=device)  # load resolves "auto" / "cpu" / "cuda" itself
 
 
 def _model_device(model: nn.Module) -> torch.device:
