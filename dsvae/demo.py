@@ -10,8 +10,9 @@
    16x16 judge: seconds on 2 CPU cores) and keeps a copy beside the data set for next time;
 3. **training**: trains the DSVAE with the ``demo`` preset (3-4 minutes on 2 CPU cores;
    ``minutes`` caps the time) into ``OUT/run``, on ``OUT/train_mixed.h5``: the train split with a
-   motion change in half of its sequences (:func:`dsvae.data.mixing.mix_motions`), so that the facing direction,
-   constant in every original sequence, is learned as dynamics rather than as a static attribute;
+   motion change in half of its sequences (:func:`dsvae.data.mixing.mix_motions`; the same character
+   found by colour histogram, no labels read), so that the facing direction, constant in every
+   original sequence, is learned as dynamics rather than as a static attribute;
 4. **outputs**: ``swap.gif`` (random test pairs with their static and dynamic codes exchanged),
    ``sample_static.gif`` / ``sample_dynamic.gif`` (one part of a sequence's code kept, the other
    drawn from the prior), ``interpolate.gif`` (the static code walked from one sequence to another)
@@ -79,6 +80,7 @@ class DemoConfig:
     batch_size: int | None = None
     train_limit: int | None = None       # train on the first N training sequences only
     mix_share: float = 0.5               # share of training sequences given a motion change (see mix_motions)
+    mix_pairing: str = "colours"         # same character by "colours" (no labels) or "characters" (ids)
     sample_every: int = 1000             # progress GIFs in OUT/run/samples
     # the judge (dsvae.evaluation.judge): architecture and training recipe
     judge_image_size: int = 16
@@ -654,7 +656,7 @@ def _stages(out: Path, data: str, data_file: Path, cfg: DemoConfig, config: str 
             preset_model, _ = get_preset("dsvae", cfg.preset)
             mix_motions(data_file, train_file, share=cfg.mix_share, seed=seed,
                         image_size=preset_model.get("image_size"), limit=cfg.train_limit, overwrite=True,
-                        progress=progress)
+                        progress=progress, pairing=cfg.mix_pairing)
     seconds["training_set"] = time.time() - t0
 
     train_amp = amp
@@ -702,7 +704,8 @@ def _stages(out: Path, data: str, data_file: Path, cfg: DemoConfig, config: str 
         "passed": passed,
         "summary": summary,
         "judge": {"origin": judge_origin, "path": report["judge"]["path"]},
-        "training": {"preset": cfg.preset, "data": str(train_file), "mix_share": cfg.mix_share, "steps": res.step,
+        "training": {"preset": cfg.preset, "data": str(train_file), "mix_share": cfg.mix_share,
+                     "mix_pairing": cfg.mix_pairing if cfg.mix_share > 0 else None, "steps": res.step,
                      "planned_steps": planned, "time_limited": time_limited, "seconds": res.seconds,
                      "device": str(dev), "amp": train_amp, "max_minutes": minutes, "final_metrics": res.metrics,
                      "run": str(out / RUN_DIR)},

@@ -32,3 +32,14 @@ def procedural_h5(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("procedural") / "procedural.h5"
     build_procedural(path, seed=0, progress=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_judge(procedural_h5, tmp_path_factory):
+    """(JudgeResult) of a 16x16 judge trained once per session on the whole procedural train split:
+    seconds on 2 CPU cores, accurate on the procedural test split."""
+    from dsvae.evaluation.judge import judge_config, train_judge
+
+    out = tmp_path_factory.mktemp("judge") / "judge.pt"
+    return train_judge(procedural_h5, out, config=judge_config("tiny", widths=(16, 32)), epochs=8, batch_size=64,
+                       lr=2e-3, seed=0, progress=False)

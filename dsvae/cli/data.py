@@ -42,14 +42,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     m = dsub.add_parser("mix", help="write a training set in which the motion changes inside some sequences",
                         description="Copy the train split of FILE to --out with a motion change in a share of its "
-                                    "sequences: from a random frame on, another motion of the same character. "
+                                    "sequences: from a random frame on, another sequence of the same character. "
                                     "Only the attributes stay constant in every sequence, so a sequential model "
-                                    "learns the facing direction as dynamics (uses the data set's character ids).")
+                                    "learns the facing direction as dynamics. --pair-by characters uses the data "
+                                    "set's character ids (weak supervision); --pair-by colours uses no labels "
+                                    "(nearest neighbours by colour histogram).")
     m.add_argument("file", help="data set .h5 file (its train split is read)")
     m.add_argument("--out", required=True, help="output .h5 file (a train split only)")
     m.add_argument("--share", type=float, default=0.5, help="share of sequences given a motion change (default 0.5)")
     m.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     m.add_argument("--image-size", type=int, help="store frames at this size (default: the data set's)")
+    m.add_argument("--pair-by", choices=("colours", "characters"), default="colours",
+                   help="how the same character is found: colour histograms (default, no labels) or its ids")
+    m.add_argument("--neighbours", type=int, default=3,
+                   help="with --pair-by colours: pick a partner among this many nearest sequences (default 3)")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=_mix)
@@ -98,6 +104,7 @@ def _mix(args: argparse.Namespace) -> int:
     from dsvae.data.mixing import mix_motions
 
     out = mix_motions(args.file, args.out, share=args.share, seed=args.seed, image_size=args.image_size,
-                      overwrite=args.overwrite, progress=not args.quiet)
+                      overwrite=args.overwrite, progress=not args.quiet, pairing=args.pair_by,
+                      neighbours=args.neighbours)
     print(f"wrote {out}")
     return 0
