@@ -1,23 +1,12 @@
 """Smoke test of scripts/attribute_diagnostics.py on a tiny run of the procedural set."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 from dsvae.training.trainer import train
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("attribute_diagnostics", REPO / "scripts" / "attribute_diagnostics.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_script_writes_table_and_json(procedural_h5, tiny_judge, tmp_path, capsys):
-    script = _script()
+def test_script_writes_table_and_json(procedural_h5, tiny_judge, tmp_path, capsys, load_script):
+    script = load_script("attribute_diagnostics")
     run = train(data=str(procedural_h5), out=str(tmp_path / "run"), preset="tiny", max_steps=2, limit=32,
                 batch_size=8, sample_every=0, progress=False).run_dir
     out = tmp_path / "diag.json"
@@ -38,6 +27,7 @@ def test_script_writes_table_and_json(procedural_h5, tiny_judge, tmp_path, capsy
     assert script.main(args[:-1] + ["--n-test", "0", "--quiet"]) == 2
 
 
-def test_confusion_summary():
-    assert _script().confusions([[5, 2, 0], [0, 3, 1], [0, 0, 4]]) == "0->1 (2/7), 1->2 (1/4)"
-    assert _script().confusions([[1, 0], [0, 1]]) == "none"
+def test_confusion_summary(load_script):
+    confusions = load_script("attribute_diagnostics").confusions
+    assert confusions([[5, 2, 0], [0, 3, 1], [0, 0, 4]]) == "0->1 (2/7), 1->2 (1/4)"
+    assert confusions([[1, 0], [0, 1]]) == "none"

@@ -1,21 +1,10 @@
 """Smoke test of scripts/sota_pipeline.py on the procedural set: tiny preset, a few steps."""
 
-import importlib.util
 import json
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
 
 
-def _pipeline():
-    spec = importlib.util.spec_from_file_location("sota_pipeline", REPO / "scripts" / "sota_pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_pipeline_with_colour_mixing_writes_the_table(procedural_h5, tiny_judge, tmp_path, capsys):
-    pipeline = _pipeline()
+def test_pipeline_with_colour_mixing_writes_the_table(procedural_h5, tiny_judge, tmp_path, capsys, load_script):
+    pipeline = load_script("sota_pipeline")
     out = tmp_path / "sota"
     args = ["--out", str(out), "--data", "procedural", "--data-file", str(procedural_h5),
             "--judge", str(tiny_judge.path), "--preset", "tiny", "--max-steps", "2", "--variants", "all",
