@@ -67,12 +67,13 @@ def _scores(labels: torch.Tensor, predicted: torch.Tensor, classes: int) -> dict
 
 
 @torch.no_grad()
-def _codes(model: nn.Module, ds: SpritesDataset, batch_size: int, autocast: bool, device: torch.device,
-           judge: Judge | None, bar: tqdm) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(f means (N, D), judged attributes of the reconstructions {factor: (N,)}; empty without a judge)."""
+def _codes(model: nn.Module, ds: SpritesDataset, positions: torch.Tensor, batch_size: int, autocast: bool,
+           device: torch.device, judge: Judge | None, bar: tqdm) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(f means (N, D), judged attributes of the reconstructions {factor: (N,)}; empty without a judge)
+    of the videos at dataset ``positions``."""
     codes, judged = [], {name: [] for name in FACTORS}
-    for s in range(0, len(ds), batch_size):
-        x = torch.stack([ds[i]["x"] for i in range(s, min(len(ds), s + batch_size))]).to(device)
+    for idx in positions.split(batch_size):
+        x = ds.batch(idx)["x"].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             post = model.encode(x)
             codes.append(post.f_mean.float().flatten(1).cpu())
@@ -105,22 +106,23 @@ def attribute_diagnostics(model: nn.Module, judge: Judge, data: str | os.PathLik
     model = model.to(device).eval()
     judge = judge.to(device).eval()
     size = getattr(getattr(model, "config", None), "image_size", None)  # frames at the model's size
-    train = SpritesDataset(data, "train", resident=False)
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n_train]
-    train.close()
-    train = SpritesDataset(data, "train", resident=False, image_size=size, indices=sorted(pick.tolist()))
+    train = SpritesDataset(data, "train", resident=False, image_size=size)
     test = SpritesDataset(data, "test", resident=False, image_size=size, limit=n_test)
-    steps = -(-len(train) // batch_size) - (-len(test) // batch_size)
-    with tqdm(total=steps, desc="diagnostics", unit="batch", disable=not progress, leave=False) as bar:
-        train_codes, _ = _codes(model, train, batch_size, amp, device, None, bar)
-        test_codes, judged = _codes(model, test, batch_size, amp, device, judge, bar)
-    out: dict[str, Any] = {"n_train": len(train), "n_test": len(test)}
+    try:
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n_train].sort().values
+        every_test = torch.arange(len(test))
+        steps = -(-len(pick) // batch_size) - (-len(test) // batch_size)
+        with tqdm(total=steps, desc="diagnostics", unit="batch", disable=not progress, leave=False) as bar:
+            train_codes, _ = _codes(model, train, pick, batch_size, amp, device, None, bar)
+            test_codes, judged = _codes(model, test, every_test, batch_size, amp, device, judge, bar)
+    finally:
+        train.close()
+        test.close()
+    out: dict[str, Any] = {"n_train": len(pick), "n_test": len(test)}
     for k, name in enumerate(FACTORS):
         classes = HEAD_CLASSES[name]
         out[name] = {
-            "probe": linear_probe(train_codes, train.attributes[:, k], test_codes, test.attributes[:, k], classes),
+            "probe": linear_probe(train_codes, train.attributes[pick, k], test_codes, test.attributes[:, k], classes),
             "reconstruction": reconstruction_confusion(judged[name], test.attributes[:, k], classes),
         }
-    train.close()
-    test.close()
     return out
