@@ -1,8 +1,10 @@
 """Locate a model's attribute errors: does the static code f hold each attribute, and does the decoder draw it?
 
 For each attribute (body = skin, bottom, top, hair): the test accuracy of a linear probe on f (fitted on
-train-split codes, no model change) and the judge's accuracy on plain reconstructions, with the most
-frequent confusions (true value -> judged value). Calls ``dsvae.evaluation.diagnostics``.
+train-split codes, no model change) and the judge's accuracy on each test video's f decoded with its own z
+(the plain reconstruction), with another test video's z (the swap test's situation) and with z rolled out
+from the model's prior (the static test's), with the most frequent confusions (true value -> judged value)
+of the weakest of the three. Calls ``dsvae.evaluation.diagnostics``.
 
     python scripts/attribute_diagnostics.py --run runs/cdsvae --judge runs/judge_lpc.pt \\
         --data data/sprites.h5 --out runs/cdsvae/diagnostics.json --amp bf16
@@ -27,12 +29,20 @@ def confusions(matrix: list[list[int]], top: int = 3) -> str:
 
 
 def table(result: dict[str, Any]) -> str:
+    """Markdown: per attribute, the probe on f and the judged accuracy of f decoded under each dynamics source."""
+    from dsvae.evaluation.diagnostics import Z_SOURCES
+
+    skipped = result.get("not_applicable", {})
     lines = [f"{result['n_test']} test videos, probes fitted on {result['n_train']} train videos", "",
-             "| attribute | linear probe on f | judged reconstruction | main reconstruction confusions |",
-             "|---|---:|---:|---|"]
+             "| attribute | linear probe on f | f + own z (reconstruction) | f + another video's z | "
+             "f + prior z | main confusions (worst of the three) |",
+             "|---|---:|---:|---:|---:|---|"]
     for name, r in result["attributes"].items():
-        lines.append(f"| {name} | {100 * r['probe']['accuracy']:.2f}% | "
-                     f"{100 * r['reconstruction']['accuracy']:.2f}% | {confusions(r['reconstruction']['confusion'])} |")
+        cells = [f"{100 * r[source]['accuracy']:.2f}%" if source in r else "n/a" for source in Z_SOURCES]
+        worst = min((s for s in Z_SOURCES if s in r), key=lambda s: r[s]["accuracy"])
+        lines.append(f"| {name} | {100 * r['probe']['accuracy']:.2f}% | {' | '.join(cells)} | "
+                     f"{worst}: {confusions(r[worst]['confusion'])} |")
+    lines += [f"\n{source}: not applicable ({why})" for source, why in skipped.items()]
     return "\n".join(lines)
 
 
@@ -47,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--amp", choices=["off", "bf16"], default="off", help="autocast of encode/decode/judge")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p.add_argument("--seed", type=int, default=0, help="seed of the train-video draw")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train-video draw, swap partners and prior dynamics")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     import dsvae
@@ -69,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result = {"run": str(args.run), "judge": str(args.judge), "data": str(args.data),
-              "n_train": raw.pop("n_train"), "n_test": raw.pop("n_test"), "amp": args.amp, "attributes": raw}
+              "n_train": raw.pop("n_train"), "n_test": raw.pop("n_test"), "amp": args.amp,
+              "seed": args.seed, "not_applicable": raw.pop("not_applicable"), "attributes": raw}
     print(table(result))
     if args.out:
         atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")

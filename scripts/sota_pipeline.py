@@ -223,12 +223,13 @@ def run_variant(name: str, args: argparse.Namespace, out: Path, data: Path, judg
     epochs = args.epochs if args.epochs is not None or args.max_steps is not None else 1e6
     res = train(data=str(train_data or data), out=str(run_dir), model=model, preset=args.preset, model_config=overrides,
                 max_minutes=args.minutes, epochs=epochs, max_steps=args.max_steps, amp=args.amp,
-                lr=args.lr, batch_size=args.batch_size,
+                lr=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size,
                 seed=args.seed, progress=not args.quiet, overwrite=True, sample_every=args.sample_every)
     log(f"{name}: {res.step} steps in {res.seconds:.0f} s; last metrics {res.metrics}")
     report = evaluate(res.model, judge, data, repeats=args.repeats, limit=args.eval_limit, amp=args.eval_amp,
                       seed=args.seed, progress=not args.quiet, name=name)
     report["training"] = {"model": model, "preset": args.preset, "overrides": overrides, "steps": res.step,
+                          "lr_schedule": args.lr_schedule,
                           "data": str(train_data or data), "mix": args.mix,
                           "seconds": res.seconds, "minutes_budget": args.minutes, "run_dir": str(run_dir),
                           "final_metrics": res.metrics, "torch_threads": torch.get_num_threads(),
@@ -310,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=float, help="training epoch cap (default: none, --minutes ends a run)")
     p.add_argument("--max-steps", type=int, help="training step limit")
     p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"], default="constant",
+                   help="learning rate over each variant's budget (default constant; see dsvae train --help)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
     p.add_argument("--amp", default="bf16", help="training autocast: bf16 (default) or off")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-minutes", type=float, help="stop (and checkpoint) after this much wall time")
     p.add_argument("--batch-size", type=int, help="global batch size (default: the preset's)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default: the preset's)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"],
+                   help="learning rate over the training budget (steps or --max-minutes, whichever ends first): "
+                        "constant (default), or a cosine / linear decay to --min-lr-ratio times --lr")
+    p.add_argument("--min-lr-ratio", type=float, help="final learning rate of a decay, as a share of --lr (default 0.05)")
     p.add_argument("--grad-clip", type=float, default=5.0, help="gradient norm clip, 0 = off (default 5)")
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
@@ -78,6 +82,7 @@ def _train(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, model=args.model, preset=args.preset,
         model_config=model_config, epochs=args.epochs, max_steps=args.max_steps,
         max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip,
+        lr_schedule=args.lr_schedule, min_lr_ratio=args.min_lr_ratio,
         device=args.device, amp=args.amp, seed=args.seed, limit=args.limit, resident=not args.lazy,
         log_every=args.log_every, checkpoint_every=args.checkpoint_every, sample_every=sample_every,
         tensorboard=args.tensorboard or None, channels_last=args.channels_last or None,

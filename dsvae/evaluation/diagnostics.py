@@ -1,14 +1,19 @@
-"""Where does an attribute get lost: in the static code, or in the decoder?
+"""Where does an attribute get lost: in the static code, or in the decoder, and under which dynamics?
 
-Two measurements per attribute (skin, pants, top, hair), both on real test videos:
+Measurements per attribute (skin, pants, top, hair), all on real test videos:
 
 * :func:`linear_probe` reads the attribute from the static code ``f`` (mean of q(f|x)) with a
   multinomial logistic regression fitted on train-split codes: high accuracy means ``f`` holds it.
-* :func:`reconstruction_confusion` decodes each test video from its own ``f`` and ``z`` and asks the
-  judge which value it sees: a confusion matrix (rows: true value, columns: judged value).
+* :func:`reconstruction_confusion` scores what the judge sees in decoded videos against the true
+  values: a confusion matrix (rows: true value, columns: judged value). Each test video's ``f`` is
+  decoded with three kinds of dynamics (:data:`Z_SOURCES`): its own ``z`` (the plain reconstruction),
+  the ``z`` of another test video (a seeded derangement, the swap test's situation) and ``z`` rolled
+  out from the model's prior (per-step means, the static test's situation; skipped for models
+  without a dynamics prior).
 
 A probe near 100% with a weak reconstruction score locates the loss in the decoder; a weak probe in
-the encoder. :func:`attribute_diagnostics` runs both for every attribute.
+the encoder; a good reconstruction with weak prior-dynamics scores in how the decoder handles the
+prior's dynamics. :func:`attribute_diagnostics` runs them all for every attribute.
 """
 
 from __future__ import annotations
@@ -23,8 +28,12 @@ from tqdm.auto import tqdm
 
 from dsvae.data.dataset import SpritesDataset
 from dsvae.data.schema import FACTORS, HEAD_CLASSES
-from dsvae.errors import DsvaeError
+from dsvae.errors import DsvaeError, NotApplicable
 from dsvae.evaluation.judge import Judge
+from dsvae.evaluation.protocol import derangement
+
+#: The dynamics each test video's f is decoded with: its own z, another video's z, the prior's.
+Z_SOURCES = ("reconstruction", "swap", "prior")
 
 
 def linear_probe(train_codes: torch.Tensor, train_labels: torch.Tensor, test_codes: torch.Tensor,
@@ -68,21 +77,32 @@ def _scores(labels: torch.Tensor, predicted: torch.Tensor, classes: int) -> dict
 
 @torch.no_grad()
 def _codes(model: nn.Module, ds: SpritesDataset, positions: torch.Tensor, batch_size: int, autocast: bool,
-           device: torch.device, judge: Judge | None, bar: tqdm) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(f means (N, D), judged attributes of the reconstructions {factor: (N,)}; empty without a judge)
-    of the videos at dataset ``positions``."""
-    codes, judged = [], {name: [] for name in FACTORS}
+           device: torch.device, bar: tqdm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means (f (N, D) on the CPU, z (N, T, Dz) on ``device``) of the videos at ``positions``."""
+    fs, zs = [], []
     for idx in positions.split(batch_size):
         x = ds.batch(idx)["x"].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             post = model.encode(x)
-            codes.append(post.f_mean.float().flatten(1).cpu())
-            if judge is not None:
-                probs = judge.predict(model.decode(post.f_mean, post.z_mean).float())
-                for name in FACTORS:
-                    judged[name].append(probs[name].argmax(-1).cpu())
+        fs.append(post.f_mean.float().flatten(1))
+        zs.append(post.z_mean.float())
         bar.update(1)
-    return torch.cat(codes), ({k: torch.cat(v) for k, v in judged.items()} if judge is not None else {})
+    return torch.cat(fs).cpu(), torch.cat(zs)
+
+
+@torch.no_grad()
+def _judged(model: nn.Module, judge: Judge, f: torch.Tensor, z: torch.Tensor, batch_size: int, autocast: bool,
+            device: torch.device, bar: tqdm) -> dict[str, torch.Tensor]:
+    """The judge's attribute values ``{factor: (N,)}`` of ``decode(f, z)``, in batches."""
+    judged: dict[str, list[torch.Tensor]] = {name: [] for name in FACTORS}
+    for s in range(0, len(f), batch_size):
+        fb, zb = f[s:s + batch_size].to(device), z[s:s + batch_size].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            probs = judge.predict(model.decode(fb, zb).float())
+        for name in FACTORS:
+            judged[name].append(probs[name].argmax(-1).cpu())
+        bar.update(1)
+    return {k: torch.cat(v) for k, v in judged.items()}
 
 
 def reconstruction_confusion(judged: torch.Tensor, labels: torch.Tensor, classes: int) -> dict[str, Any]:
@@ -94,35 +114,53 @@ def attribute_diagnostics(model: nn.Module, judge: Judge, data: str | os.PathLik
                           n_test: int = 900, batch_size: int = 100, amp: bool = False,
                           device: str | torch.device = "cpu", seed: int = 0,
                           progress: bool = True) -> dict[str, Any]:
-    """Per attribute: linear-probe accuracy of ``f`` and judged accuracy of reconstructions.
+    """Per attribute: linear-probe accuracy of ``f`` and the judged accuracy of decodes of every test
+    video's ``f`` under each of :data:`Z_SOURCES`.
 
     ``n_train`` random train videos fit the probes (seeded); the first ``n_test`` test videos are
-    probed and reconstructed. Returns ``{factor: {"probe": {...}, "reconstruction": {...}}}``
-    plus ``n_train`` / ``n_test``.
+    probed and decoded. ``seed`` also draws the swap partners and the prior's dynamics. Returns
+    ``{factor: {"probe": {...}, "reconstruction": {...}, "swap": {...}, "prior": {...}}}`` plus
+    ``n_train`` / ``n_test`` and ``not_applicable`` (the sources the model cannot provide, with why).
     """
-    if n_train < 2 or n_test < 1 or batch_size < 1:
-        raise DsvaeError("need n_train >= 2, n_test >= 1 and batch_size >= 1")
+    if n_train < 2 or n_test < 2 or batch_size < 1:
+        raise DsvaeError("need n_train >= 2, n_test >= 2 and batch_size >= 1")
     device = torch.device(device)
     model = model.to(device).eval()
     judge = judge.to(device).eval()
     size = getattr(getattr(model, "config", None), "image_size", None)  # frames at the model's size
     train = SpritesDataset(data, "train", resident=False, image_size=size)
     test = SpritesDataset(data, "test", resident=False, image_size=size, limit=n_test)
+    skipped: dict[str, str] = {}
     try:
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n_train].sort().values
-        every_test = torch.arange(len(test))
-        steps = -(-len(pick) // batch_size) - (-len(test) // batch_size)
-        with tqdm(total=steps, desc="diagnostics", unit="batch", disable=not progress, leave=False) as bar:
-            train_codes, _ = _codes(model, train, pick, batch_size, amp, device, None, bar)
-            test_codes, judged = _codes(model, test, every_test, batch_size, amp, device, judge, bar)
+        n = len(test)
+        per_pass = -(-n // batch_size)
+        steps = -(-len(pick) // batch_size) + per_pass * (1 + len(Z_SOURCES))
+        with tqdm(total=steps, desc="diagnostics", unit="batch", disable=not progress, leave=False) as bar, \
+                torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            train_f, _ = _codes(model, train, pick, batch_size, amp, device, bar)
+            test_f, test_z = _codes(model, test, torch.arange(n), batch_size, amp, device, bar)
+            torch.manual_seed(seed)
+            sources: dict[str, torch.Tensor] = {
+                "reconstruction": test_z,
+                "swap": test_z[derangement(n, torch.Generator().manual_seed(seed)).to(test_z.device)],
+            }
+            try:
+                sources["prior"] = model.sample_dynamics(n, test_z.shape[1], means=True).float()
+            except NotApplicable as exc:
+                skipped["prior"] = str(exc)
+                bar.update(per_pass)
+            judged = {name: _judged(model, judge, test_f, z, batch_size, amp, device, bar)
+                      for name, z in sources.items()}
     finally:
         train.close()
         test.close()
-    out: dict[str, Any] = {"n_train": len(pick), "n_test": len(test)}
+    out: dict[str, Any] = {"n_train": len(pick), "n_test": n, "not_applicable": skipped}
     for k, name in enumerate(FACTORS):
         classes = HEAD_CLASSES[name]
         out[name] = {
-            "probe": linear_probe(train_codes, train.attributes[pick, k], test_codes, test.attributes[:, k], classes),
-            "reconstruction": reconstruction_confusion(judged[name], test.attributes[:, k], classes),
+            "probe": linear_probe(train_f, train.attributes[pick, k], test_f, test.attributes[:, k], classes),
+            **{source: reconstruction_confusion(judged[source][name], test.attributes[:, k], classes)
+               for source in judged},
         }
     return out

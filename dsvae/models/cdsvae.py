@@ -26,7 +26,15 @@ weight (0 switches it off and leaves the loss exactly the DSVAE's):
    test does); re-encode both and ask (InfoNCE) that z resp. f come back. This makes the
    decoder honour z under prior f and f under prior dynamics. One decode and one encode of
    2B sequences.
-5. **KL schedule**: the DSVAE's ``kl_f_weight`` / ``kl_z_weight``, multiplied by a linear
+5. **prior palette** (``palette_weight``): decode the sequence's f with dynamics rolled out from
+   the learned prior (the static test's situation) and ask every decoded pixel to be close to
+   one of the ``palette_size`` most frequent colours of the real sequence (squared RGB distance
+   to the nearest, on every other pixel and row, summed like the reconstruction error). A
+   sprite's character is drawn with a small palette; blurred or ghosted poses under the prior's
+   dynamics mix it into colours it does not have (light skin darkened by the black background
+   reads as the next darker skin), and so does a neighbouring palette. One decode of B
+   sequences, no encode.
+6. **KL schedule**: the DSVAE's ``kl_f_weight`` / ``kl_z_weight``, multiplied by a linear
    warm-up from ``kl_anneal_start`` to 1 over ``kl_anneal_steps`` training steps (0: off).
    The step count is a buffer of the model (saved with it), advanced by every training-mode
    ``loss`` call of the main phase.
@@ -55,7 +63,7 @@ MOTION_AUGMENTS = ("shuffle", "reverse", "mixed")
 CONTENT_AUGMENTS = ("permute", "permute_gain")
 #: The five non-identity permutations of the RGB channels.
 CHANNEL_PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
-_WEIGHTS = ("static_contrast_weight", "dynamic_contrast_weight", "mi_weight", "prior_swap_weight")
+_WEIGHTS = ("static_contrast_weight", "dynamic_contrast_weight", "mi_weight", "prior_swap_weight", "palette_weight")
 
 
 @dataclass
@@ -64,6 +72,8 @@ class CDSVAEConfig(DSVAEConfig):
     dynamic_contrast_weight: float = 10.0
     mi_weight: float = 1.0
     prior_swap_weight: float = 0.0
+    palette_weight: float = 0.0
+    palette_size: int = 64
     temperature: float = 0.5
     motion_augment: str = "mixed"
     motion_flip: float = 0.5
@@ -80,6 +90,8 @@ class CDSVAEConfig(DSVAEConfig):
                 raise DsvaeError(f"CDSVAEConfig.{name} must be >= 0, got {value!r}")
         if not 0.0 <= self.motion_flip <= 1.0:
             raise DsvaeError(f"CDSVAEConfig.motion_flip must be in [0, 1], got {self.motion_flip!r}")
+        if not isinstance(self.palette_size, int) or isinstance(self.palette_size, bool) or self.palette_size < 1:
+            raise DsvaeError(f"CDSVAEConfig.palette_size must be an integer >= 1, got {self.palette_size!r}")
         if not self.temperature > 0:
             raise DsvaeError(f"CDSVAEConfig.temperature must be positive, got {self.temperature!r}")
         check_choice(self, "motion_augment", MOTION_AUGMENTS)
@@ -145,6 +157,31 @@ def colour_augment(x: torch.Tensor, noise: torch.Tensor, kind: str) -> torch.Ten
     elif kind != "permute":
         raise ValueError(kind)
     return out
+
+
+def sequence_palettes(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The ``size`` most frequent colours (B, size, 3) of each video of x (B, T, 3, H, W) in [0, 1],
+    at 8 bits per channel; a video with fewer colours repeats its most frequent one."""
+    q = (x.detach().float() * 255).round().to(torch.int64)
+    codes = rearrange((q[:, :, 0] << 16) | (q[:, :, 1] << 8) | q[:, :, 2], "b t h w -> b (t h w)")
+    rows = []
+    for row in codes:
+        values, counts = torch.unique(row, return_counts=True)
+        top = values[counts.argsort(descending=True, stable=True)[:size]]
+        rows.append(torch.cat([top, top[:1].expand(size - len(top))]))
+    top = torch.stack(rows)
+    return torch.stack([(top >> 16) & 255, (top >> 8) & 255, top & 255], dim=-1).to(torch.float32) / 255.0
+
+
+def palette_distance(images: torch.Tensor, palettes: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Per video (B,): squared RGB distance of each pixel of ``images`` (B, T, 3, H, W) to the
+    nearest colour of its ``palettes`` row (B, K, 3), on every other row and column starting at
+    ``offset`` (0 or 1), scaled to a sum over all pixels (the reconstruction error's scale)."""
+    t, h, w = images.shape[1], images.shape[3], images.shape[4]
+    px = rearrange(images[..., offset::2, offset::2].float(), "b t c h w -> b (t h w) c")
+    pal = palettes.to(px)
+    d = px.pow(2).sum(-1, keepdim=True) - 2 * px @ pal.transpose(1, 2) + pal.pow(2).sum(-1)[:, None]
+    return d.min(-1).values.clamp_min(0.0).mean(1) * (t * h * w)
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -248,6 +285,12 @@ class CDSVAE(DSVAE):
             term = self._prior_swap(f_code, z_code, b, t)
             terms["prior_nce"] = term
             total = total + c.prior_swap_weight * term
+        if c.palette_weight > 0:
+            z_prior = self.sample_dynamics(b, t, means=True).to(z_code.dtype)
+            term = palette_distance(self.decode(f_code, z_prior), sequence_palettes(x, c.palette_size),
+                                    offset=int(self.train_step) % 2).mean()
+            terms["palette"] = term
+            total = total + c.palette_weight * term
 
         if self.training and phase == "main":
             self.train_step += 1

@@ -53,6 +53,8 @@ class TrainConfig:
     max_minutes: float | None = None
     batch_size: int | None = None
     lr: float | None = None
+    lr_schedule: str = "constant"
+    min_lr_ratio: float = 0.05
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     device: str = "auto"
@@ -187,6 +189,10 @@ def _resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
             raise DsvaeError(f"{name} must be positive, got {value!r}")
     if resolved.sample_every < 0 or resolved.grad_clip < 0 or resolved.keep_checkpoints < 0:
         raise DsvaeError("sample_every, grad_clip and keep_checkpoints must be >= 0")
+    if resolved.lr_schedule not in LR_SCHEDULES:
+        raise DsvaeError(f"unknown learning-rate schedule {resolved.lr_schedule!r} (known: {', '.join(LR_SCHEDULES)})")
+    if not 0.0 <= resolved.min_lr_ratio <= 1.0:
+        raise DsvaeError(f"min_lr_ratio must be in [0, 1], got {resolved.min_lr_ratio!r}")
     model_cfg = {**preset_model, **resolved.model_config}
     return resolved, model_cfg
 
@@ -227,6 +233,28 @@ def _merge_resumed(cfg: TrainConfig, saved: Mapping[str, Any], explicit: set[str
             values[key] = getattr(cfg, key)
     values.update(resume=True, overwrite=False, out=cfg.out, data=cfg.data or saved["data"])
     return TrainConfig(**values)
+
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_factor(schedule: str, progress: float, min_ratio: float) -> float:
+    """Multiplier of the base learning rate at ``progress`` in [0, 1] of the training budget: 1 throughout
+    for ``constant``; from 1 down to ``min_ratio`` along a half cosine or a straight line otherwise."""
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return min_ratio + (1.0 - min_ratio) * (1.0 - progress)
+    raise DsvaeError(f"unknown learning-rate schedule {schedule!r} (known: {', '.join(LR_SCHEDULES)})")
+
+
+def _set_lr(optimizers: Mapping[str, torch.optim.Optimizer], base: Mapping[str, list[float]], factor: float) -> None:
+    for phase, opt in optimizers.items():
+        for group, lr in zip(opt.param_groups, base[phase]):
+            group["lr"] = lr * factor
 
 
 def _epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -355,12 +383,15 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
     model.to(device)
     wrapped: torch.nn.Module = speed_up(model, channels_last=cfg.channels_last)  # before Adam sees the weights
     optimizers = build_optimizers(model, cfg.lr, cfg.weight_decay)
+    base_lr = {phase: [g["lr"] for g in opt.param_groups] for phase, opt in optimizers.items()}
     step = 0
+    lr_progress0 = 0.0  # share of the learning-rate schedule done before this call (resumed runs)
     if state is not None:
         model.load_state_dict(state["model"])
         for phase, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][phase])
         step = int(state["step"])
+        lr_progress0 = float(state.get("lr_progress", 0.0))
         ckpt_io.set_rng_state(state["rng"])
         _truncate_metrics(run_dir / "metrics.jsonl", step, info.main)
     test_batch = _sample_batch(cfg, model) if info.main else None
@@ -390,6 +421,10 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
     metrics: dict[str, float] = {}
     bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.model}", unit="step",
                disable=not (cfg.progress and info.main), dynamic_ncols=True)
+    # The schedule spans what is left of it over this call's budget: its steps, or its minutes when
+    # they run out first (a resumed run goes on from the checkpoint's share of the schedule).
+    start_step, lr_progress = step, lr_progress0
+    _set_lr(optimizers, base_lr, lr_factor(cfg.lr_schedule, lr_progress, cfg.min_lr_ratio))
     model.train()
     batches = _batches(len(ds), cfg.batch_size, cfg.seed, step)
     try:
@@ -414,7 +449,8 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
             if step % cfg.log_every == 0 or step == total_steps:
                 elapsed = time.time() - t_window
                 metrics = log.pop(info.world)
-                metrics.update(step=step, epoch=epoch, lr=cfg.lr, seq_per_s=seqs_window / max(elapsed, 1e-9),
+                metrics.update(step=step, epoch=epoch, lr=cfg.lr * lr_factor(cfg.lr_schedule, lr_progress,
+                                                                              cfg.min_lr_ratio), seq_per_s=seqs_window / max(elapsed, 1e-9),
                                time=time.time() - t_start)
                 t_window, seqs_window = time.time(), 0
                 if info.main:
@@ -424,14 +460,20 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
                     if tb is not None:
                         for k, v in metrics.items():
                             tb.add_scalar(k, v, step)
-            timeout = cfg.max_minutes is not None and time.time() - t_start > 60 * cfg.max_minutes
-            if info.world > 1 and cfg.max_minutes is not None:
-                flag = torch.tensor(float(timeout), device=device)
-                dist.all_reduce(flag)
-                timeout = bool(flag > 0)
+            elapsed_s = time.time() - t_start
+            if info.world > 1 and cfg.max_minutes is not None:  # every rank stops and schedules alike
+                slowest = torch.tensor(elapsed_s, device=device, dtype=torch.float64)
+                dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+                elapsed_s = float(slowest)
+            timeout = cfg.max_minutes is not None and elapsed_s > 60 * cfg.max_minutes
+            done = (step - start_step) / max(1, total_steps - start_step)
+            if cfg.max_minutes is not None:
+                done = max(done, elapsed_s / (60 * cfg.max_minutes))
+            lr_progress = min(1.0, lr_progress0 + (1.0 - lr_progress0) * done)
+            _set_lr(optimizers, base_lr, lr_factor(cfg.lr_schedule, lr_progress, cfg.min_lr_ratio))
             final = step == total_steps or timeout
             if info.main and (step % cfg.checkpoint_every == 0 or final):
-                _save(run_dir, cfg, model, optimizers, step, epoch, metrics)
+                _save(run_dir, cfg, model, optimizers, step, epoch, metrics, lr_progress)
                 last_good = step
             if info.main and cfg.sample_every and (step % cfg.sample_every == 0 or final):
                 _write_samples(run_dir, model, test_batch, step, device)
@@ -467,7 +509,7 @@ def _write_config(run_dir: Path, cfg: TrainConfig, model: SequenceModel, info: D
 
 
 def _save(run_dir: Path, cfg: TrainConfig, model: SequenceModel, optimizers: Mapping[str, torch.optim.Optimizer],
-          step: int, epoch: int, metrics: Mapping[str, float]) -> None:
+          step: int, epoch: int, metrics: Mapping[str, float], lr_progress: float = 0.0) -> None:
     payload = {
         "dsvae_version": __version__,
         "model_type": model.model_type,
@@ -478,6 +520,7 @@ def _save(run_dir: Path, cfg: TrainConfig, model: SequenceModel, optimizers: Map
         "epoch": epoch,
         "train_config": cfg.to_dict(),
         "metrics": {k: float(v) for k, v in metrics.items()},
+        "lr_progress": float(lr_progress),
         "rng": ckpt_io.rng_state(),
     }
     folder = run_dir / "checkpoints"

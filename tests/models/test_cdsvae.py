@@ -14,16 +14,19 @@ from dsvae.models.cdsvae import (
     motion_order,
     motion_view,
     mws_mutual_information,
+    palette_distance,
     reorder_frames,
+    sequence_palettes,
 )
 from dsvae.models.presets import get_preset
 from dsvae.training.trainer import train
 
 TINY = get_preset("cdsvae", "tiny")[0]
-OFF = {"static_contrast_weight": 0.0, "dynamic_contrast_weight": 0.0, "mi_weight": 0.0, "prior_swap_weight": 0.0}
+OFF = {"static_contrast_weight": 0.0, "dynamic_contrast_weight": 0.0, "mi_weight": 0.0, "prior_swap_weight": 0.0,
+       "palette_weight": 0.0}
 #: ingredient weight -> the loss term it adds
 INGREDIENTS = {"static_contrast_weight": "static_nce", "dynamic_contrast_weight": "dynamic_nce",
-               "mi_weight": "mi_fz", "prior_swap_weight": "prior_nce"}
+               "mi_weight": "mi_fz", "prior_swap_weight": "prior_nce", "palette_weight": "palette"}
 ELBO = ("recon", "kl_f", "kl_z")
 
 
@@ -58,7 +61,7 @@ def _terms(model, x, seed=0):
 
 def test_shapes_and_named_terms():
     torch.manual_seed(0)
-    model = build_model("cdsvae", {**TINY, "prior_swap_weight": 0.5, "kl_anneal_steps": 10})
+    model = build_model("cdsvae", {**TINY, "prior_swap_weight": 0.5, "palette_weight": 0.5, "kl_anneal_steps": 10})
     assert isinstance(model, CDSVAE) and model.model_type == "cdsvae"
     c = model.config
     x = torch.rand(3, 5, 3, c.image_size, c.image_size)
@@ -101,10 +104,37 @@ def test_each_ingredient_adds_only_its_term(weight):
     assert model.encoder.net[0].weight.grad.abs().sum() > 0
 
 
-def test_prior_swap_gradient_reaches_the_decoder():
-    _, model = _pair(**{**OFF, "prior_swap_weight": 1.0})
-    _terms(model, _videos())["prior_nce"].backward()
+@pytest.mark.parametrize("weight", ["prior_swap_weight", "palette_weight"])
+def test_prior_terms_reach_the_decoder(weight):
+    _, model = _pair(**{**OFF, weight: 1.0})
+    _terms(model, _videos())[INGREDIENTS[weight]].backward()
     assert model.decoder.net[0].weight.grad.abs().sum() > 0
+
+
+def test_sequence_palettes_are_the_most_frequent_colours():
+    x = torch.zeros(2, 2, 3, 4, 4)  # video 0: black (24 px), red (6 px), blue (2 px); video 1: all grey
+    x[0, 0, 0, :, :2] = 1.0
+    x[0, 1, 0, 0, :2] = 1.0
+    x[0, 1, 2, 3, :2] = 1.0
+    x[1] = 128 / 255
+    pal = sequence_palettes(x, 4)
+    assert pal.shape == (2, 4, 3)
+    assert pal[0].tolist() == [[0, 0, 0], [1, 0, 0], [0, 0, 1], [0, 0, 0]]  # padded with the most frequent
+    assert torch.allclose(pal[1], torch.full((4, 3), 128 / 255))
+    assert sequence_palettes(x, 2)[0].tolist() == [[0, 0, 0], [1, 0, 0]]
+
+
+def test_palette_distance_is_zero_on_palette_colours_only():
+    x = (_videos(b=3, t=4, size=16) * 255).round() / 255  # 8-bit colours, as the data set's
+    pal = sequence_palettes(x, 8)
+    assert torch.allclose(palette_distance(x, pal), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(palette_distance(x, pal, offset=1), torch.zeros(3), atol=1e-4)
+    # one colour off the palette: a uniform grey video scores its distance to the nearest colour, summed over pixels
+    grey = torch.full((1, 4, 3, 16, 16), 0.5)
+    black_white = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]])
+    assert palette_distance(grey, black_white).item() == pytest.approx(3 * 0.25 * 4 * 16 * 16, rel=1e-5)
+    # another video's palette does not fit: the colours of the other squares are far
+    assert (palette_distance(x, pal.roll(1, 0)) > 1.0).all()
 
 
 def test_kl_annealing_counts_training_steps():

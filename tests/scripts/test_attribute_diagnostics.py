@@ -14,12 +14,14 @@ def test_script_writes_table_and_json(procedural_h5, tiny_judge, tmp_path, capsy
             "--n-train", "60", "--n-test", "30", "--batch-size", "30", "--quiet"]
     assert script.main(args) == 0
     printed = capsys.readouterr().out
-    assert "| body |" in printed and "linear probe on f" in printed
+    assert "| body |" in printed and "linear probe on f" in printed and "f + prior z" in printed
     result = json.loads(out.read_text())
     assert result["n_test"] == 30 and set(result["attributes"]) == {"body", "bottom", "top", "hair"}
+    assert result["not_applicable"] == {}
     for r in result["attributes"].values():
         assert 0.0 <= r["probe"]["accuracy"] <= 1.0
-        assert sum(map(sum, r["reconstruction"]["confusion"])) == 30
+        for source in ("reconstruction", "swap", "prior"):
+            assert sum(map(sum, r[source]["confusion"])) == 30
     # user mistakes are one-line errors, not tracebacks
     assert script.main(["--run", str(tmp_path / "nope"), "--judge", str(tiny_judge.path),
                         "--data", str(procedural_h5), "--quiet"]) == 2

@@ -91,6 +91,74 @@ def test_resume_is_exact(tmp_path, procedural_h5, monkeypatch):
     assert steps == sorted(set(steps))  # no duplicated lines after the resume
 
 
+def test_lr_factor_shapes():
+    lr_factor = trainer_mod.lr_factor
+    assert [lr_factor("constant", p, 0.1) for p in (0.0, 0.5, 1.0)] == [1.0, 1.0, 1.0]
+    for schedule in ("cosine", "linear"):
+        values = [lr_factor(schedule, p / 10, 0.1) for p in range(11)]
+        assert values[0] == pytest.approx(1.0) and values[-1] == pytest.approx(0.1)
+        assert all(a > b for a, b in zip(values, values[1:]))  # strictly decreasing
+        assert lr_factor(schedule, 0.5, 0.1) == pytest.approx(0.55)  # both pass the midpoint halfway
+        assert lr_factor(schedule, 2.0, 0.1) == pytest.approx(0.1)  # clipped at the end
+    assert lr_factor("cosine", 0.25, 0.0) > lr_factor("linear", 0.25, 0.0)  # cosine stays high longer
+    with pytest.raises(DsvaeError, match="unknown learning-rate schedule"):
+        lr_factor("step", 0.5, 0.1)
+
+
+def _lrs(run_dir):
+    return [json.loads(line)["lr"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lr_schedule_decays_over_steps_and_survives_resume(tmp_path, procedural_h5, monkeypatch):
+    kw = dict(max_steps=12, checkpoint_every=4, log_every=1, lr=2e-3, lr_schedule="cosine", min_lr_ratio=0.1)
+    full = _run(tmp_path, procedural_h5, name="full", **kw)
+    lrs = _lrs(full.run_dir)
+    # logged with each step: the rate that step used, from lr down towards min_lr_ratio * lr
+    assert lrs[0] == pytest.approx(2e-3) and all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs == pytest.approx([2e-3 * trainer_mod.lr_factor("cosine", k / 12, 0.1) for k in range(12)])
+    ckpt = torch.load(full.run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["lr_progress"] == pytest.approx(1.0)
+    # killed after its step-4 checkpoint and resumed: the schedule goes on where it stopped
+    calls = {"n": 0}
+    real_batch = trainer_mod._DeviceData.batch
+
+    def dying_batch(self, idx):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real_batch(self, idx)
+
+    monkeypatch.setattr(trainer_mod._DeviceData, "batch", dying_batch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, procedural_h5, name="killed", **kw)
+    monkeypatch.setattr(trainer_mod._DeviceData, "batch", real_batch)
+    resumed = train(data=str(procedural_h5), out=str(tmp_path / "killed"), resume=True, progress=False)
+    assert resumed.step == 12
+    assert _lrs(tmp_path / "killed") == pytest.approx(lrs, rel=1e-9)
+    a, b = _weights(full.run_dir), _weights(tmp_path / "killed")
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_lr_schedule_follows_the_time_budget(tmp_path, procedural_h5, monkeypatch):
+    """With --max-minutes the schedule ends with the minutes when they run out before the steps."""
+    clock = {"t": 1000.0}
+
+    def fake_time():
+        clock["t"] += 0.25  # a quarter of a second per call: the 0.1-minute budget ends after ~20 steps
+        return clock["t"]
+
+    monkeypatch.setattr(trainer_mod.time, "time", fake_time)
+    res = _run(tmp_path, procedural_h5, max_steps=10_000, max_minutes=0.1, log_every=1, lr=1e-3,
+               lr_schedule="linear", min_lr_ratio=0.2)
+    assert 5 < res.step < 100
+    lrs = _lrs(res.run_dir)
+    assert lrs[0] == pytest.approx(1e-3) and all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] <= 0.35e-3  # the last steps run near min_lr_ratio * lr
+    # the steps alone would have left the rate near its start
+    assert lrs[len(lrs) // 2] < 0.75e-3
+
+
 def test_existing_run_folder(tmp_path, procedural_h5):
     _run(tmp_path, procedural_h5, max_steps=2)
     with pytest.raises(DsvaeError, match="already exists"):
@@ -135,6 +203,7 @@ def test_cli_train_and_errors(tmp_path, procedural_h5, capsys):
         (["--data", str(procedural_h5), "--set", "z_dim=0"], "z_dim must be positive"),
         (["--data", str(procedural_h5), "--preset", "huge"], "unknown preset"),
         (["--data", str(procedural_h5), "--batch-size", "-4"], "batch_size must be a positive"),
+        (["--data", str(procedural_h5), "--lr-schedule", "cosine", "--min-lr-ratio", "2"], "min_lr_ratio must be in"),
     ]:
         rc = main(["train", "--out", str(tmp_path / "bad"), "--preset", "tiny", "--quiet", *args])
         err = capsys.readouterr().err
@@ -147,7 +216,7 @@ def test_ddp_two_processes_match_one(tmp_path, procedural_h5):
     """torchrun with 2 gloo processes gives the same weights as 1 process on the same global batch."""
     common = ["-m", "dsvae", "train", "--data", str(procedural_h5), "--preset", "tiny", "--max-steps", "3",
               "--batch-size", "8", "--limit", "96", "--sample-every", "0", "--quiet", "--set", "norm=group",
-              "--log-every", "1"]
+              "--log-every", "1", "--max-minutes", "60"]  # the minutes are synchronised across ranks
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env,
                          capture_output=True, text=True, timeout=300)
