@@ -63,22 +63,27 @@ def test_run_folder_and_checkpoint_round_trip(tmp_path, procedural_h5):
         dsvae.load(run, device="gpu0")
 
 
-def test_resume_is_exact(tmp_path, procedural_h5, monkeypatch):
-    full = _run(tmp_path, procedural_h5, name="full", max_steps=14, checkpoint_every=4)
-    # a run killed at step 7 (after its checkpoint at step 4), then resumed to the end
+def _killed_run(tmp_path, data, monkeypatch, batches: int, **kw) -> None:
+    """A run (folder "killed") interrupted while reading its batch number ``batches``."""
     calls = {"n": 0}
     real_batch = trainer_mod._DeviceData.batch
 
     def dying_batch(self, idx):
         calls["n"] += 1
-        if calls["n"] == 8:
+        if calls["n"] == batches:
             raise KeyboardInterrupt
         return real_batch(self, idx)
 
     monkeypatch.setattr(trainer_mod._DeviceData, "batch", dying_batch)
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, procedural_h5, name="killed", max_steps=14, checkpoint_every=4)
+        _run(tmp_path, data, name="killed", **kw)
     monkeypatch.setattr(trainer_mod._DeviceData, "batch", real_batch)
+
+
+def test_resume_is_exact(tmp_path, procedural_h5, monkeypatch):
+    full = _run(tmp_path, procedural_h5, name="full", max_steps=14, checkpoint_every=4)
+    # a run killed at step 7 (after its checkpoint at step 4), then resumed to the end
+    _killed_run(tmp_path, procedural_h5, monkeypatch, 8, max_steps=14, checkpoint_every=4)
     killed = tmp_path / "killed"
     assert torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
     resumed = train(data=str(procedural_h5), out=str(killed), resume=True, progress=False)
@@ -119,19 +124,7 @@ def test_lr_schedule_decays_over_steps_and_survives_resume(tmp_path, procedural_
     ckpt = torch.load(full.run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["lr_progress"] == pytest.approx(1.0)
     # killed after its step-4 checkpoint and resumed: the schedule goes on where it stopped
-    calls = {"n": 0}
-    real_batch = trainer_mod._DeviceData.batch
-
-    def dying_batch(self, idx):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return real_batch(self, idx)
-
-    monkeypatch.setattr(trainer_mod._DeviceData, "batch", dying_batch)
-    with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, procedural_h5, name="killed", **kw)
-    monkeypatch.setattr(trainer_mod._DeviceData, "batch", real_batch)
+    _killed_run(tmp_path, procedural_h5, monkeypatch, 7, **kw)
     resumed = train(data=str(procedural_h5), out=str(tmp_path / "killed"), resume=True, progress=False)
     assert resumed.step == 12
     assert _lrs(tmp_path / "killed") == pytest.approx(lrs, rel=1e-9)
