@@ -189,8 +189,7 @@ def _resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
             raise DsvaeError(f"{name} must be positive, got {value!r}")
     if resolved.sample_every < 0 or resolved.grad_clip < 0 or resolved.keep_checkpoints < 0:
         raise DsvaeError("sample_every, grad_clip and keep_checkpoints must be >= 0")
-    if resolved.lr_schedule not in LR_SCHEDULES:
-        raise DsvaeError(f"unknown learning-rate schedule {resolved.lr_schedule!r} (known: {', '.join(LR_SCHEDULES)})")
+    lr_factor(resolved.lr_schedule, 0.0, resolved.min_lr_ratio)  # a clear error for an unknown schedule
     if not 0.0 <= resolved.min_lr_ratio <= 1.0:
         raise DsvaeError(f"min_lr_ratio must be in [0, 1], got {resolved.min_lr_ratio!r}")
     model_cfg = {**preset_model, **resolved.model_config}
@@ -251,10 +250,14 @@ def lr_factor(schedule: str, progress: float, min_ratio: float) -> float:
     raise DsvaeError(f"unknown learning-rate schedule {schedule!r} (known: {', '.join(LR_SCHEDULES)})")
 
 
-def _set_lr(optimizers: Mapping[str, torch.optim.Optimizer], base: Mapping[str, list[float]], factor: float) -> None:
+def _set_lr(optimizers: Mapping[str, torch.optim.Optimizer], base: Mapping[str, list[float]], cfg: TrainConfig,
+            progress: float) -> float:
+    """Scale every param group's base rate to ``progress`` of ``cfg``'s schedule; returns the factor."""
+    factor = lr_factor(cfg.lr_schedule, progress, cfg.min_lr_ratio)
     for phase, opt in optimizers.items():
         for group, lr in zip(opt.param_groups, base[phase]):
             group["lr"] = lr * factor
+    return factor
 
 
 def _epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -424,7 +427,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
     # The schedule spans what is left of it over this call's budget: its steps, or its minutes when
     # they run out first (a resumed run goes on from the checkpoint's share of the schedule).
     start_step, lr_progress = step, lr_progress0
-    _set_lr(optimizers, base_lr, lr_factor(cfg.lr_schedule, lr_progress, cfg.min_lr_ratio))
+    lr_now = cfg.lr * _set_lr(optimizers, base_lr, cfg, lr_progress)
     model.train()
     batches = _batches(len(ds), cfg.batch_size, cfg.seed, step)
     try:
@@ -449,8 +452,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
             if step % cfg.log_every == 0 or step == total_steps:
                 elapsed = time.time() - t_window
                 metrics = log.pop(info.world)
-                metrics.update(step=step, epoch=epoch, lr=cfg.lr * lr_factor(cfg.lr_schedule, lr_progress,
-                                                                              cfg.min_lr_ratio), seq_per_s=seqs_window / max(elapsed, 1e-9),
+                metrics.update(step=step, epoch=epoch, lr=lr_now, seq_per_s=seqs_window / max(elapsed, 1e-9),
                                time=time.time() - t_start)
                 t_window, seqs_window = time.time(), 0
                 if info.main:
@@ -470,7 +472,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
             if cfg.max_minutes is not None:
                 done = max(done, elapsed_s / (60 * cfg.max_minutes))
             lr_progress = min(1.0, lr_progress0 + (1.0 - lr_progress0) * done)
-            _set_lr(optimizers, base_lr, lr_factor(cfg.lr_schedule, lr_progress, cfg.min_lr_ratio))
+            lr_now = cfg.lr * _set_lr(optimizers, base_lr, cfg, lr_progress)
             final = step == total_steps or timeout
             if info.main and (step % cfg.checkpoint_every == 0 or final):
                 _save(run_dir, cfg, model, optimizers, step, epoch, metrics, lr_progress)
@@ -509,7 +511,7 @@ def _write_config(run_dir: Path, cfg: TrainConfig, model: SequenceModel, info: D
 
 
 def _save(run_dir: Path, cfg: TrainConfig, model: SequenceModel, optimizers: Mapping[str, torch.optim.Optimizer],
-          step: int, epoch: int, metrics: Mapping[str, float], lr_progress: float = 0.0) -> None:
+          step: int, epoch: int, metrics: Mapping[str, float], lr_progress: float) -> None:
     payload = {
         "dsvae_version": __version__,
         "model_type": model.model_type,
