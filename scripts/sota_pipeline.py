@@ -37,6 +37,9 @@ then says labels were used). Evaluation always uses the data set's own test spli
         --preset cpu --minutes 60 --variants dsvae,all --amp bf16
     python scripts/sota_pipeline.py --out runs/sota/colmix60 --data lpc --data-file data/sprites.h5 \\
         --judge runs/judge_lpc.pt --preset cpu --minutes 60 --variants all --mix colours --repeats 3
+    # the best 60-minute CPU recipe (doubled widths, mixture prior, cosine decay; BENCHMARKS.md section 7)
+    python scripts/sota_pipeline.py --out runs/sota/best60 --data lpc --data-file data/sprites.h5 \
+        --judge runs/judge_lpc.pt --preset cpu-best --minutes 60 --variants all --mix colours --repeats 3
     python scripts/sota_pipeline.py --out runs/sota/quick --data procedural --minutes 2 \\
         --variants plain,+static,+dynamic,+mi,all --eval-limit 900 --repeats 1
 """
@@ -229,7 +232,7 @@ def run_variant(name: str, args: argparse.Namespace, out: Path, data: Path, judg
     report = evaluate(res.model, judge, data, repeats=args.repeats, limit=args.eval_limit, amp=args.eval_amp,
                       seed=args.seed, progress=not args.quiet, name=name)
     report["training"] = {"model": model, "preset": args.preset, "overrides": overrides, "steps": res.step,
-                          "lr_schedule": args.lr_schedule,
+                          "lr_schedule": json.loads((run_dir / "config.json").read_text())["train"]["lr_schedule"],
                           "data": str(train_data or data), "mix": args.mix,
                           "seconds": res.seconds, "minutes_budget": args.minutes, "run_dir": str(run_dir),
                           "final_metrics": res.metrics, "torch_threads": torch.get_num_threads(),
@@ -311,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=float, help="training epoch cap (default: none, --minutes ends a run)")
     p.add_argument("--max-steps", type=int, help="training step limit")
     p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"], default="constant",
-                   help="learning rate over each variant's budget (default constant; see dsvae train --help)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"],
+                   help="learning rate over each variant's budget (default: the preset's, constant except for "
+                        "cdsvae cpu-best; see dsvae train --help)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
     p.add_argument("--amp", default="bf16", help="training autocast: bf16 (default) or off")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

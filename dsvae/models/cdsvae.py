@@ -38,6 +38,9 @@ weight (0 switches it off and leaves the loss exactly the DSVAE's):
    warm-up from ``kl_anneal_start`` to 1 over ``kl_anneal_steps`` training steps (0: off).
    The step count is a buffer of the model (saved with it), advanced by every training-mode
    ``loss`` call of the main phase.
+7. **mixture prior** (``prior_components``, a DSVAE option; 1 = the paper's Gaussian): the LSTM
+   prior p(z_t | z_<t) as a mixture of Gaussians, so that dynamics rolled out from it (the static
+   test's) follow one motion instead of the blend of all of them.
 
 No labels are used: the loss reads ``batch["x"]`` only. The contrastive terms compare
 posterior means (``contrast_code="mean"``) or samples (``"sample"``). Augmentation noise is
@@ -56,7 +59,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from dsvae.errors import DsvaeError
-from dsvae.models.base import Posterior, check_choice, kl_normal, kl_normal_std, reconstruction_loss
+from dsvae.models.base import Posterior, check_choice, kl_normal_std, reconstruction_loss
 from dsvae.models.dsvae import DSVAE, DSVAEConfig
 
 MOTION_AUGMENTS = ("shuffle", "reverse", "mixed")
@@ -250,8 +253,7 @@ class CDSVAE(DSVAE):
         x_hat = self.decode(post.f, post.z)
         recon = reconstruction_loss(x_hat, x, c.recon_loss).mean()
         kl_f = kl_normal_std(post.f_mean.float(), post.f_logvar.float()).mean()
-        p_mean, p_logvar = self.prior_params(post.z)
-        kl_z = kl_normal(post.z_mean.float(), post.z_logvar.float(), p_mean.float(), p_logvar.float()).mean()
+        kl_z = self.kl_dynamics(post).mean()
         beta = self.kl_beta()
         total = c.recon_weight * recon + beta * (c.kl_f_weight * kl_f + c.kl_z_weight * kl_z)
         terms: dict[str, torch.Tensor] = {"recon": recon, "kl_f": kl_f, "kl_z": kl_z}

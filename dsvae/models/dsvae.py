@@ -5,10 +5,18 @@ p(f) = N(0, I), an LSTM prior p(z_t | z_<t), and a conv decoder of [f, z_t] per 
 Inference: q(f | x_1:T) from a bidirectional LSTM over frame features, and either the
 *factorized* q(z_t | x_t) or the *full* q(z_1:T | f, x_1:T) (a bidirectional LSTM over
 [features, f] followed by a forward RNN).
+
+The prior p(z_t | z_<t) is a diagonal Gaussian (the paper's; ``prior_components=1``, KL in
+closed form) or a mixture of ``prior_components`` diagonal Gaussians whose weights, means and
+variances the LSTM emits (KL = -H(q) - E_q log p(z), the cross term estimated with the posterior
+sample). A single Gaussian must cover every motion and phase at once, so its mean, which the
+static test decodes, is a blend of poses; a mixture's rollout picks one component per step and
+decodes that component's mean.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -45,9 +53,11 @@ class DSVAEConfig(ModelConfig):
     recon_weight: float = 1.0
     kl_f_weight: float = 1.0
     kl_z_weight: float = 1.0
+    prior_components: int = 1
 
     def validate(self) -> None:
-        check_positive(self, "image_size", "widths", "feature_dim", "hidden_dim", "prior_hidden_dim", "f_dim", "z_dim")
+        check_positive(self, "image_size", "widths", "feature_dim", "hidden_dim", "prior_hidden_dim", "f_dim", "z_dim",
+                       "prior_components")
         check_choice(self, "posterior", ("full", "factorized"))
         check_choice(self, "norm", NORMS)
         check_choice(self, "recon_loss", ("mse", "bce"))
@@ -80,7 +90,9 @@ class DSVAE(SequenceModel):
         else:
             self.z_head = mlp(c.feature_dim, h, 2 * c.z_dim)
         self.prior_lstm = nn.LSTM(c.z_dim, c.prior_hidden_dim, batch_first=True)
-        self.prior_head = nn.Linear(c.prior_hidden_dim, 2 * c.z_dim)
+        # K > 1: K mixture logits, then K means and K log-variances (K = 1: no logit)
+        k = c.prior_components
+        self.prior_head = nn.Linear(c.prior_hidden_dim, 2 * c.z_dim * k + (k if k > 1 else 0))
         self.decoder = FrameDecoder(c.widths, c.f_dim + c.z_dim, norm=c.norm)
 
     # -- inference ------------------------------------------------------------------
@@ -112,12 +124,36 @@ class DSVAE(SequenceModel):
         return self.decoder.frames(codes)
 
     # -- prior ----------------------------------------------------------------------
-    def prior_params(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced prior: mean and log-variance of p(z_t | z_<t) for every t, in one LSTM call."""
+    def _prior_out(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mixture log-weights (..., K) and component means / log-variances (..., K, Dz) of a prior LSTM output."""
+        k = self.config.prior_components
+        h = self.prior_head(out)
+        if k == 1:
+            mean, logvar = h.chunk(2, dim=-1)
+            return torch.zeros_like(h[..., :1]), mean.unsqueeze(-2), logvar.unsqueeze(-2)
+        logits, params = h[..., :k], h[..., k:]
+        mean, logvar = params.unflatten(-1, (k, 2 * self.config.z_dim)).chunk(2, dim=-1)
+        return logits.float().log_softmax(-1), mean, logvar
+
+    def prior_params(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher-forced prior p(z_t | z_<t) for every t, in one LSTM call: mixture log-weights
+        (B, T, K) and component means and log-variances (B, T, K, Dz); K = ``prior_components``."""
         shifted = torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)
         out, _ = self.prior_lstm(shifted)
-        mean, logvar = self.prior_head(out).chunk(2, dim=-1)
-        return mean, logvar
+        return self._prior_out(out)
+
+    def kl_dynamics(self, post: Posterior) -> torch.Tensor:
+        """KL(q(z_1:T | .) || p(z_1:T)) per sequence -> (B,), in float32: closed form for one
+        component; for a mixture, -H(q) (closed form) minus log p at the posterior sample."""
+        log_w, p_mean, p_logvar = (v.float() for v in self.prior_params(post.z))
+        q_mean, q_logvar = post.z_mean.float(), post.z_logvar.float()
+        if self.config.prior_components == 1:
+            return kl_normal(q_mean, q_logvar, p_mean[..., 0, :], p_logvar[..., 0, :])
+        z = post.z.float().unsqueeze(-2)
+        log_comp = -0.5 * (math.log(2 * math.pi) + p_logvar + (z - p_mean).pow(2) / p_logvar.exp()).sum(-1)
+        log_p = torch.logsumexp(log_w + log_comp, dim=-1)
+        entropy = 0.5 * (math.log(2 * math.pi) + 1.0 + q_logvar).sum(-1)
+        return -(entropy + log_p).sum(1)
 
     def sample_static(self, n: int) -> torch.Tensor:
         ref = self.f_head.weight
@@ -125,17 +161,21 @@ class DSVAE(SequenceModel):
 
     @torch.no_grad()
     def sample_dynamics(self, n: int, steps: int, means: bool = False) -> torch.Tensor:
-        """Roll the LSTM prior out on its own samples; return the samples or the per-step means."""
+        """Roll the LSTM prior out on its own samples; return the samples or the per-step means
+        (of a mixture: the mean of the component drawn at that step)."""
         ref = self.prior_head.weight
         z_prev = torch.zeros(n, 1, self.config.z_dim, device=ref.device, dtype=ref.dtype)
         state = None
         samples, mus = [], []
+        rows = torch.arange(n, device=ref.device)
         for _ in range(steps):
             out, state = self.prior_lstm(z_prev, state)
-            mean, logvar = self.prior_head(out).chunk(2, dim=-1)
-            z_prev = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+            log_w, mean, logvar = self._prior_out(out[:, 0])
+            k = torch.multinomial(log_w.float().exp(), 1)[:, 0] if log_w.shape[-1] > 1 else torch.zeros_like(rows)
+            mean, logvar = mean[rows, k], logvar[rows, k]
+            z_prev = (mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)).unsqueeze(1)
             samples.append(z_prev)
-            mus.append(mean)
+            mus.append(mean.unsqueeze(1))
         return torch.cat(mus if means else samples, dim=1)
 
     # -- objective ------------------------------------------------------------------
@@ -146,7 +186,6 @@ class DSVAE(SequenceModel):
         x_hat = self.decode(post.f, post.z)
         recon = reconstruction_loss(x_hat, x, c.recon_loss).mean()
         kl_f = kl_normal_std(post.f_mean.float(), post.f_logvar.float()).mean()
-        p_mean, p_logvar = self.prior_params(post.z)
-        kl_z = kl_normal(post.z_mean.float(), post.z_logvar.float(), p_mean.float(), p_logvar.float()).mean()
+        kl_z = self.kl_dynamics(post).mean()
         total = c.recon_weight * recon + c.kl_f_weight * kl_f + c.kl_z_weight * kl_z
         return {"loss": total, "recon": recon, "kl_f": kl_f, "kl_z": kl_z}

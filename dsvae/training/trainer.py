@@ -53,7 +53,7 @@ class TrainConfig:
     max_minutes: float | None = None
     batch_size: int | None = None
     lr: float | None = None
-    lr_schedule: str = "constant"
+    lr_schedule: str | None = None  # None: the preset's, else constant
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.0
     grad_clip: float = 5.0
@@ -179,6 +179,8 @@ def _resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
             values[key] = value
     if values["epochs"] is None and values["max_steps"] is None:
         values["epochs"] = 1
+    if values["lr_schedule"] is None:
+        values["lr_schedule"] = "constant"
     resolved = TrainConfig(**values)
     for name in ("batch_size", "log_every", "checkpoint_every"):
         if not isinstance(getattr(resolved, name), int) or getattr(resolved, name) <= 0:

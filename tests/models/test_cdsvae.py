@@ -255,9 +255,10 @@ def test_mutual_information_estimate():
     assert float(mws_mutual_information(dep)) == pytest.approx(math.log(b), abs=0.05)
 
 
-def test_loss_falls_in_a_short_run():
+@pytest.mark.parametrize("components", [1, 4])
+def test_loss_falls_in_a_short_run(components):
     torch.manual_seed(0)
-    model = build_model("cdsvae", {**TINY, "prior_swap_weight": 0.5}).train()
+    model = build_model("cdsvae", {**TINY, "prior_swap_weight": 0.5, "prior_components": components}).train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     x = _videos(b=8, t=6)
     losses = []
@@ -333,7 +334,7 @@ def test_bad_config_values(bad, match):
 
 
 def test_presets():
-    for name in ("paper", "cpu", "tiny"):
+    for name in ("paper", "cpu", "cpu-best", "tiny"):
         model_cfg, train_cfg = get_preset("cdsvae", name)
         model = build_model("cdsvae", model_cfg)
         assert train_cfg["batch_size"] > 0
@@ -343,3 +344,7 @@ def test_presets():
     # same backbone as the DSVAE's cpu preset, a smaller z
     cpu, plain = get_preset("cdsvae", "cpu")[0], get_preset("dsvae", "cpu")[0]
     assert cpu["widths"] == plain["widths"] and cpu["z_dim"] < plain["z_dim"]
+    # cpu-best: the cpu preset with doubled widths and a mixture prior, nothing else changed
+    best = get_preset("cdsvae", "cpu-best")[0]
+    assert {k for k in best if best[k] != cpu.get(k)} == {"widths", "prior_components"}
+    assert [2 * w for w in cpu["widths"]] == list(best["widths"])

@@ -232,3 +232,16 @@ def test_ddp_two_processes_match_one(tmp_path, procedural_h5):
     assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == list(range(1, 4))
     for x, y in zip(*logs):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+
+
+def test_a_preset_can_set_the_lr_schedule():
+    """cdsvae `cpu-best` decays the rate (cosine) and carries its model options; an explicit schedule
+    wins; presets without one train at a constant rate."""
+    best, model_cfg = trainer_mod._resolve_config(trainer_mod.TrainConfig(model="cdsvae", preset="cpu-best"))
+    assert best.lr_schedule == "cosine"
+    assert tuple(model_cfg["widths"]) == (32, 64, 128, 256) and model_cfg["prior_components"] == 32
+    mine, _ = trainer_mod._resolve_config(trainer_mod.TrainConfig(model="cdsvae", preset="cpu-best",
+                                                                  lr_schedule="constant"))
+    assert mine.lr_schedule == "constant"
+    plain, _ = trainer_mod._resolve_config(trainer_mod.TrainConfig(model="cdsvae", preset="cpu"))
+    assert plain.lr_schedule == "constant"
