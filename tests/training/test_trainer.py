@@ -235,10 +235,10 @@ def test_ddp_two_processes_match_one(tmp_path, procedural_h5):
 
 
 def test_a_preset_can_set_the_lr_schedule():
-    """cdsvae `cpu-best` decays the rate (cosine) and carries its model options; an explicit schedule
-    wins; presets without one train at a constant rate."""
+    """cdsvae `cpu-best` decays the rate (cosine) over 60 minutes and carries its model options; an
+    explicit schedule wins; presets without one train at a constant rate."""
     best, model_cfg = trainer_mod._resolve_config(trainer_mod.TrainConfig(model="cdsvae", preset="cpu-best"))
-    assert best.lr_schedule == "cosine"
+    assert best.lr_schedule == "cosine" and best.max_minutes == 60
     assert tuple(model_cfg["widths"]) == (32, 64, 128, 256) and model_cfg["prior_components"] == 32
     mine, _ = trainer_mod._resolve_config(trainer_mod.TrainConfig(model="cdsvae", preset="cpu-best",
                                                                   lr_schedule="constant"))
