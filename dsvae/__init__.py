@@ -11,11 +11,14 @@ Public API::
 __version__ = "0.1.0"
 
 
-def load(path, device="cpu"):
-    """Rebuild a trained model from a run folder or a checkpoint file (see :mod:`dsvae.training.checkpoint`)."""
+def load(path, device="cpu", weights="auto"):
+    """Rebuild a trained model from a run folder or a checkpoint file (see :mod:`dsvae.training.checkpoint`).
+
+    ``weights``: "auto" (the run's weight average when it kept one, else the trained weights), "ema" or "raw".
+    """
     from dsvae.training.checkpoint import load_model
 
-    return load_model(path, device=device)
+    return load_model(path, device=device, weights=weights)
 
 
 __all__ = ["__version__", "load"]

@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--amp", choices=["off", "bf16"], default="off", help="autocast of encode/decode/judge")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--weights", default="auto", choices=["auto", "ema", "raw"],
+                   help="the run's weight average when it kept one (auto, default), the average (ema) or the "
+                        "raw weights")
     p.add_argument("--seed", type=int, default=0, help="seed of the train-video draw, swap partners and prior dynamics")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             check_output_path(args.out, overwrite=True)
         device = resolve_device(args.device)
-        model = dsvae.load(args.run, device=device)
+        model = dsvae.load(args.run, device=device, weights=args.weights)
         judge = load_judge(args.judge, device=device)
         raw = attribute_diagnostics(model, judge, args.data, n_train=args.n_train, n_test=args.n_test,
                                     batch_size=args.batch_size, amp=args.amp == "bf16", device=device,
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result = {"run": str(args.run), "judge": str(args.judge), "data": str(args.data),
-              "n_train": raw.pop("n_train"), "n_test": raw.pop("n_test"), "amp": args.amp,
+              "n_train": raw.pop("n_train"), "n_test": raw.pop("n_test"), "amp": args.amp, "weights": args.weights,
               "seed": args.seed, "not_applicable": raw.pop("not_applicable"), "attributes": raw}
     print(table(result))
     if args.out:

@@ -226,13 +226,16 @@ def run_variant(name: str, args: argparse.Namespace, out: Path, data: Path, judg
     epochs = args.epochs if args.epochs is not None or args.max_steps is not None else 1e6
     res = train(data=str(train_data or data), out=str(run_dir), model=model, preset=args.preset, model_config=overrides,
                 max_minutes=args.minutes, epochs=epochs, max_steps=args.max_steps, amp=args.amp,
-                lr=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size,
+                channels_last=not args.no_channels_last,
+                lr=args.lr, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, batch_size=args.batch_size,
                 seed=args.seed, progress=not args.quiet, overwrite=True, sample_every=args.sample_every)
     log(f"{name}: {res.step} steps in {res.seconds:.0f} s; last metrics {res.metrics}")
-    report = evaluate(res.model, judge, data, repeats=args.repeats, limit=args.eval_limit, amp=args.eval_amp,
+    # the run folder, not res.model: its weight average when it kept one (what dsvae.load gives)
+    report = evaluate(run_dir, judge, data, repeats=args.repeats, limit=args.eval_limit, amp=args.eval_amp,
                       seed=args.seed, progress=not args.quiet, name=name)
+    resolved = json.loads((run_dir / "config.json").read_text())["train"]
     report["training"] = {"model": model, "preset": args.preset, "overrides": overrides, "steps": res.step,
-                          "lr_schedule": json.loads((run_dir / "config.json").read_text())["train"]["lr_schedule"],
+                          "lr_schedule": resolved["lr_schedule"], "ema_decay": resolved["ema_decay"],
                           "data": str(train_data or data), "mix": args.mix,
                           "seconds": res.seconds, "minutes_budget": args.minutes, "run_dir": str(run_dir),
                           "final_metrics": res.metrics, "torch_threads": torch.get_num_threads(),
@@ -317,8 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"],
                    help="learning rate over each variant's budget (default: the preset's, constant except for "
                         "cdsvae cpu-best; see dsvae train --help)")
+    p.add_argument("--ema-decay", type=float,
+                   help="keep a moving average of the weights with this decay and evaluate it (default: the "
+                        "preset's; 0 = off)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
     p.add_argument("--amp", default="bf16", help="training autocast: bf16 (default) or off")
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="keep convolution weights NCHW (default: channels_last, a speed option; same results)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="cdsvae config override for every cdsvae variant (repeatable)")
     p.add_argument("--set-dsvae", action="append", default=[], metavar="KEY=VALUE",

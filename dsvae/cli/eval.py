@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", default="off", choices=["off", "bf16"],
                    help="bf16 autocast for encode/decode/judge (faster; default off = fp32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
+    p.add_argument("--weights", default="auto", choices=["auto", "ema", "raw"],
+                   help="weights to judge: the run's weight average when it kept one (auto, default), "
+                        "the average (ema) or the trained weights (raw)")
     p.add_argument("--name", help="model label of the markdown row (default: model type and run name)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing RESULTS.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -76,6 +79,7 @@ def _eval(args: argparse.Namespace) -> int:
         args.run, args.judge, args.data, out=args.out, repeats=args.repeats, legacy=args.legacy,
         batch_size=args.batch_size, device=args.device, seed=args.seed, progress=not args.quiet,
         split=args.split, limit=args.limit, amp=args.amp, overwrite=args.overwrite, name=args.name,
+        weights=args.weights,
     )
     for warning in results["warnings"]:
         print(f"warning: {warning}")

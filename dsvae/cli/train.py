@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="learning rate over the training budget (steps or --max-minutes, whichever ends first): "
                         "constant (default), or a cosine / linear decay to --min-lr-ratio times --lr")
     p.add_argument("--min-lr-ratio", type=float, help="final learning rate of a decay, as a share of --lr (default 0.05)")
+    p.add_argument("--ema-decay", type=float,
+                   help="also keep an exponential moving average of the weights with this decay (e.g. 0.999; "
+                        "0 = off, the default unless the preset sets one); dsvae.load and eval use it by default")
     p.add_argument("--grad-clip", type=float, default=5.0, help="gradient norm clip, 0 = off (default 5)")
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
@@ -82,7 +85,7 @@ def _train(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, model=args.model, preset=args.preset,
         model_config=model_config, epochs=args.epochs, max_steps=args.max_steps,
         max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip,
-        lr_schedule=args.lr_schedule, min_lr_ratio=args.min_lr_ratio,
+        lr_schedule=args.lr_schedule, min_lr_ratio=args.min_lr_ratio, ema_decay=args.ema_decay,
         device=args.device, amp=args.amp, seed=args.seed, limit=args.limit, resident=not args.lazy,
         log_every=args.log_every, checkpoint_every=args.checkpoint_every, sample_every=sample_every,
         tensorboard=args.tensorboard or None, channels_last=args.channels_last or None,

@@ -99,7 +99,7 @@ def _test_seed(seed: int, repeat: int, test: int) -> int:
     return seed * 1_000_003 + 10 * repeat + test
 
 
-def _load_model(run: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any], bool]:
+def _load_model(run: Any, device: torch.device, weights: str = "auto") -> tuple[nn.Module, dict[str, Any], bool]:
     """(model, info, loaded here) of a run folder, checkpoint file or model object."""
     if isinstance(run, nn.Module):
         info = {"source": "object", "model_type": getattr(run, "model_type", "") or type(run).__name__}
@@ -108,7 +108,7 @@ def _load_model(run: Any, device: torch.device) -> tuple[nn.Module, dict[str, An
             info["model_config"] = config.to_dict()
         return run, info, False
     from dsvae.models import build_model
-    from dsvae.training.checkpoint import load_checkpoint, resolve_checkpoint
+    from dsvae.training.checkpoint import load_checkpoint, model_weights, resolve_checkpoint
 
     file = resolve_checkpoint(run)
     ckpt = load_checkpoint(file, map_location="cpu")
@@ -117,10 +117,11 @@ def _load_model(run: Any, device: torch.device) -> tuple[nn.Module, dict[str, An
     if "model_type" not in ckpt or "model" not in ckpt:
         raise DsvaeError(f"{file} has no model weights")
     # what dsvae.load(path) does, keeping the checkpoint's metadata
+    state, used = model_weights(ckpt, weights)
     model = build_model(ckpt["model_type"], ckpt.get("model_config", {}))
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(state)
     info = {"source": str(run), "checkpoint": str(file), "model_type": ckpt["model_type"],
-            "model_config": ckpt.get("model_config", {}), "step": ckpt.get("step")}
+            "model_config": ckpt.get("model_config", {}), "step": ckpt.get("step"), "weights": used}
     return model.to(device).eval(), info, True
 
 
@@ -181,6 +182,7 @@ def evaluate(
     amp: str = "off",
     overwrite: bool = False,
     name: str | None = None,
+    weights: str = "auto",
 ) -> dict[str, Any]:
     """Run the dynamic, static and swap tests (see the module docstring) and return the results.
 
@@ -192,7 +194,8 @@ def evaluate(
     judged at once. ``amp="bf16"`` runs encode, decode and judge under bf16 autocast (about
     twice as fast on recent CPUs; the default ``off`` is fp32). ``out``: RESULTS.json written
     atomically (an existing file is refused unless ``overwrite``). ``name`` labels the
-    markdown row (default: the model type and the run folder's name).
+    markdown row (default: the model type and the run folder's name). ``weights``: which weights of
+    a checkpoint are judged: "auto" (the weight average when the run kept one), "ema" or "raw".
 
     Returns a dict with, for each of ``dynamic``, ``static`` and ``swap``, either
     ``{"status": "ok", <metric>: {"mean", "std", "values"}, ...}`` or
@@ -213,7 +216,7 @@ def evaluate(
     dev = resolve_device(device)
     apply_cpu_allocator_settings()  # keeps the big activation buffers mapped between batches
 
-    model, model_info, owned = _load_model(run, dev)
+    model, model_info, owned = _load_model(run, dev, weights)
     model_info["has_sequence_prior"] = bool(getattr(model, "has_sequence_prior", False))
     if isinstance(judge, Judge):
         judge_model = judge

@@ -56,10 +56,27 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+WEIGHTS = ("auto", "ema", "raw")
+
+
+def model_weights(ckpt: Mapping[str, Any], weights: str = "auto") -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict, "ema" or "raw") of a checkpoint: the trained weights (``raw``), their moving average
+    (``ema``, saved by runs trained with ``ema_decay``), or the average when there is one (``auto``)."""
+    if weights not in WEIGHTS:
+        raise DsvaeError(f"unknown weights {weights!r} (use {', '.join(WEIGHTS)})")
+    has_ema = isinstance(ckpt.get("ema"), Mapping) and "weights" in ckpt["ema"]
+    if weights == "ema" and not has_ema:
+        raise DsvaeError("this checkpoint has no weight average (train with --ema-decay); use the raw weights")
+    if weights == "raw" or not has_ema:
+        return ckpt["model"], "raw"
+    return ckpt["ema"]["weights"], "ema"
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", weights: str = "auto"):
     """Rebuild the model of a checkpoint (or run folder) with its weights, in eval mode.
 
     ``device``: a torch device or one of "auto" (CUDA when there is one), "cpu", "cuda[:N]".
+    ``weights``: "auto" (the weight average when the run kept one, else the trained weights), "ema" or "raw".
     """
     from dsvae.models import build_model
     from dsvae.training.trainer import resolve_device
@@ -67,8 +84,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     if isinstance(device, str):
         device = resolve_device(device)
     ckpt = load_checkpoint(path, map_location="cpu")
-    model = build_model(ckpt["model_type"], ckpt["model_config"])
-    model.load_state_dict(ckpt["model"])
+    if "model_type" not in ckpt or "model" not in ckpt:
+        raise DsvaeError(f"{resolve_checkpoint(path)} has no model weights")
+    model = build_model(ckpt["model_type"], ckpt.get("model_config", {}))
+    model.load_state_dict(model_weights(ckpt, weights)[0])
     return model.to(device).eval()
 
 

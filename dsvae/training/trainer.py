@@ -32,11 +32,12 @@ from dsvae.errors import DsvaeError, TrainingDiverged
 from dsvae.models import SequenceModel, build_model, model_class
 from dsvae.models.presets import get_preset
 from dsvae.training import checkpoint as ckpt_io
+from dsvae.training.ema import WeightAverage
 from dsvae.training.runtime import apply_cpu_allocator_settings, speed_up
 
 #: Options that may change when a run is resumed; everything else comes from the saved run.
 RESUMABLE = ("epochs", "max_steps", "max_minutes", "device", "progress", "log_every", "checkpoint_every",
-             "sample_every", "keep_checkpoints", "tensorboard", "channels_last", "compile")
+             "sample_every", "keep_checkpoints", "tensorboard", "channels_last", "compile", "ema_decay")
 
 
 @dataclass
@@ -55,6 +56,7 @@ class TrainConfig:
     lr: float | None = None
     lr_schedule: str | None = None  # None: the preset's, else constant
     min_lr_ratio: float = 0.05
+    ema_decay: float | None = None  # None: the preset's, else 0 = no weight average
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     device: str = "auto"
@@ -181,6 +183,8 @@ def _resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
         values["epochs"] = 1
     if values["lr_schedule"] is None:
         values["lr_schedule"] = "constant"
+    if values["ema_decay"] is None:
+        values["ema_decay"] = 0.0
     resolved = TrainConfig(**values)
     for name in ("batch_size", "log_every", "checkpoint_every"):
         if not isinstance(getattr(resolved, name), int) or getattr(resolved, name) <= 0:
@@ -194,6 +198,8 @@ def _resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     lr_factor(resolved.lr_schedule, 0.0, resolved.min_lr_ratio)  # a clear error for an unknown schedule
     if not 0.0 <= resolved.min_lr_ratio <= 1.0:
         raise DsvaeError(f"min_lr_ratio must be in [0, 1], got {resolved.min_lr_ratio!r}")
+    if not 0.0 <= resolved.ema_decay < 1.0:
+        raise DsvaeError(f"ema_decay must be in [0, 1) (0 = off), got {resolved.ema_decay!r}")
     model_cfg = {**preset_model, **resolved.model_config}
     return resolved, model_cfg
 
@@ -399,6 +405,11 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
         lr_progress0 = float(state.get("lr_progress", 0.0))
         ckpt_io.set_rng_state(state["rng"])
         _truncate_metrics(run_dir / "metrics.jsonl", step, info.main)
+    # the weight average goes on from the checkpoint's, or starts at the current weights (also when a
+    # run resumed with --ema-decay had none)
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
+    if ema is not None and state is not None and "ema" in state:
+        ema.load_state_dict(state["ema"])
     test_batch = _sample_batch(cfg, model) if info.main else None
 
     if info.world > 1:
@@ -438,6 +449,8 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
             batch = data.batch(idx[info.rank * local_batch:(info.rank + 1) * local_batch])
             phase_terms = optimisation_step(wrapped, model, optimizers, batch, device.type, autocast_dtype,
                                             cfg.grad_clip)
+            if ema is not None:
+                ema.update()
             for phase, terms in phase_terms.items():
                 bad |= ~torch.isfinite(terms["loss"].detach())
                 log.add({k if len(model.phases) == 1 else f"{phase}/{k}": v for k, v in terms.items()})
@@ -477,7 +490,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
             lr_now = cfg.lr * _set_lr(optimizers, base_lr, cfg, lr_progress)
             final = step == total_steps or timeout
             if info.main and (step % cfg.checkpoint_every == 0 or final):
-                _save(run_dir, cfg, model, optimizers, step, epoch, metrics, lr_progress)
+                _save(run_dir, cfg, model, optimizers, step, epoch, metrics, lr_progress, ema)
                 last_good = step
             if info.main and cfg.sample_every and (step % cfg.sample_every == 0 or final):
                 _write_samples(run_dir, model, test_batch, step, device)
@@ -513,7 +526,8 @@ def _write_config(run_dir: Path, cfg: TrainConfig, model: SequenceModel, info: D
 
 
 def _save(run_dir: Path, cfg: TrainConfig, model: SequenceModel, optimizers: Mapping[str, torch.optim.Optimizer],
-          step: int, epoch: int, metrics: Mapping[str, float], lr_progress: float) -> None:
+          step: int, epoch: int, metrics: Mapping[str, float], lr_progress: float,
+          ema: WeightAverage | None = None) -> None:
     payload = {
         "dsvae_version": __version__,
         "model_type": model.model_type,
@@ -527,6 +541,8 @@ def _save(run_dir: Path, cfg: TrainConfig, model: SequenceModel, optimizers: Map
         "lr_progress": float(lr_progress),
         "rng": ckpt_io.rng_state(),
     }
+    if ema is not None:
+        payload["ema"] = ema.state_dict()
     folder = run_dir / "checkpoints"
     ckpt_io.save_checkpoint(folder / ckpt_io.LAST, payload)
     if cfg.keep_checkpoints:

@@ -209,7 +209,8 @@ def test_ddp_two_processes_match_one(tmp_path, procedural_h5):
     """torchrun with 2 gloo processes gives the same weights as 1 process on the same global batch."""
     common = ["-m", "dsvae", "train", "--data", str(procedural_h5), "--preset", "tiny", "--max-steps", "3",
               "--batch-size", "8", "--limit", "96", "--sample-every", "0", "--quiet", "--set", "norm=group",
-              "--log-every", "1", "--max-minutes", "60"]  # the minutes are synchronised across ranks
+              "--log-every", "1", "--max-minutes", "60",  # the minutes are synchronised across ranks
+              "--ema-decay", "0.9"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env,
                          capture_output=True, text=True, timeout=300)
@@ -227,6 +228,11 @@ def test_ddp_two_processes_match_one(tmp_path, procedural_h5):
     lr = json.loads((tmp_path / "one" / "config.json").read_text())["train"]["lr"]
     for k in a:
         assert torch.allclose(a[k], b[k], atol=0.1 * lr, rtol=0), k
+    ema_a, ema_b = (torch.load(tmp_path / r / "checkpoints" / "last.pt", weights_only=True)["ema"]
+                    for r in ("one", "two"))
+    assert ema_a["updates"] == ema_b["updates"] == 3
+    for k in ema_a["weights"]:
+        assert torch.allclose(ema_a["weights"][k], ema_b["weights"][k], atol=0.1 * lr, rtol=0), k
     logs = [[json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
             for r in ("one", "two")]
     assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == list(range(1, 4))
@@ -234,14 +240,17 @@ def test_ddp_two_processes_match_one(tmp_path, procedural_h5):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
 
 
-def test_a_preset_can_set_the_lr_schedule():
-    """cdsvae `cpu-best` decays the rate (cosine) over 60 minutes and carries its model options; an
-    explicit schedule wins; presets without one train at a constant rate."""
+def test_a_preset_can_set_the_lr_schedule_and_weight_average():
+    """cdsvae `cpu-best` decays the rate (cosine) over 60 minutes, keeps a weight average and carries its
+    model options; explicit values win; presets without them train at a constant rate, no average."""
     best, model_cfg = trainer_mod._resolve_config(trainer_mod.TrainConfig(model="cdsvae", preset="cpu-best"))
-    assert best.lr_schedule == "cosine" and best.max_minutes == 60
+    assert best.lr_schedule == "cosine" and best.max_minutes == 60 and best.ema_decay == 0.998
     assert tuple(model_cfg["widths"]) == (32, 64, 128, 256) and model_cfg["prior_components"] == 32
     mine, _ = trainer_mod._resolve_config(trainer_mod.TrainConfig(model="cdsvae", preset="cpu-best",
                                                                   lr_schedule="constant"))
-    assert mine.lr_schedule == "constant"
+    assert mine.lr_schedule == "constant" and mine.ema_decay == 0.998
+    no_average, _ = trainer_mod._resolve_config(trainer_mod.TrainConfig(model="cdsvae", preset="cpu-best",
+                                                                        ema_decay=0.0))
+    assert no_average.ema_decay == 0.0  # every ingredient switches off
     plain, _ = trainer_mod._resolve_config(trainer_mod.TrainConfig(model="cdsvae", preset="cpu"))
-    assert plain.lr_schedule == "constant"
+    assert plain.lr_schedule == "constant" and plain.ema_decay == 0.0
