@@ -227,7 +227,8 @@ def run_variant(name: str, args: argparse.Namespace, out: Path, data: Path, judg
     res = train(data=str(train_data or data), out=str(run_dir), model=model, preset=args.preset, model_config=overrides,
                 max_minutes=args.minutes, epochs=epochs, max_steps=args.max_steps, amp=args.amp,
                 channels_last=not args.no_channels_last,
-                lr=args.lr, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, batch_size=args.batch_size,
+                lr=args.lr, lr_schedule=args.lr_schedule, lr_decay_end=args.lr_decay_end, ema_decay=args.ema_decay,
+                batch_size=args.batch_size,
                 seed=args.seed, progress=not args.quiet, overwrite=True, sample_every=args.sample_every)
     log(f"{name}: {res.step} steps in {res.seconds:.0f} s; last metrics {res.metrics}")
     # the run folder, not res.model: its weight average when it kept one (what dsvae.load gives)
@@ -235,7 +236,8 @@ def run_variant(name: str, args: argparse.Namespace, out: Path, data: Path, judg
                       seed=args.seed, progress=not args.quiet, name=name)
     resolved = json.loads((run_dir / "config.json").read_text())["train"]
     report["training"] = {"model": model, "preset": args.preset, "overrides": overrides, "steps": res.step,
-                          "lr_schedule": resolved["lr_schedule"], "ema_decay": resolved["ema_decay"],
+                          "lr_schedule": resolved["lr_schedule"],
+                          "lr_decay_end": resolved["lr_decay_end"], "ema_decay": resolved["ema_decay"],
                           "data": str(train_data or data), "mix": args.mix,
                           "seconds": res.seconds, "minutes_budget": args.minutes, "run_dir": str(run_dir),
                           "final_metrics": res.metrics, "torch_threads": torch.get_num_threads(),
@@ -263,6 +265,8 @@ def write_table(out: Path, args: argparse.Namespace, reports: list[dict[str, Any
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", TARGETS, "", "## This pipeline", "", header]
     lines += [r["markdown_row"] for r in reports]
+    # what the judge reads on the real test videos (the ceiling; results files of older versions lack it)
+    lines += [r["markdown_real_row"] for r in reports if "markdown_real_row" in r][:1]
     lines += ["", "| variant | model | overrides | steps | train s | eval videos | repeats |", "|---|---|---|---:|---:|---:|---:|"]
     for r in reports:
         t = r["training"]
@@ -320,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr-schedule", choices=["constant", "cosine", "linear"],
                    help="learning rate over each variant's budget (default: the preset's, constant except for "
                         "cdsvae cpu-best; see dsvae train --help)")
+    p.add_argument("--lr-decay-end", type=float,
+                   help="share of the budget over which the decay runs, then held at its final rate (default 1)")
     p.add_argument("--ema-decay", type=float,
                    help="keep a moving average of the weights with this decay and evaluate it (default: the "
                         "preset's; 0 = off)")

@@ -69,6 +69,12 @@ def format_details(results: dict) -> str:
         parts.append(f"attr acc {_fmt(entry, 'attribute_accuracy', True)} ("
                      + ", ".join(f"{k} {100 * v['mean']:.1f}%" for k, v in entry["attributes"].items()) + ")")
         lines.append(f"  {test}: " + "; ".join(parts))
+    real = results.get("real")
+    if real is not None:
+        lines.append(f"  real videos (the judge's ceiling): action acc {100 * real['action_accuracy']['mean']:.2f}%; "
+                     f"IS {real['inception_score']['mean']:.3f}; H(y|x) {real['h_yx']['mean']:.3f}; "
+                     f"H(y) {real['h_y']['mean']:.3f}; attr acc {100 * real['attribute_accuracy']['mean']:.2f}% ("
+                     + ", ".join(f"{k} {100 * v['mean']:.1f}%" for k, v in real["attributes"].items()) + ")")
     return "\n".join(lines)
 
 
@@ -87,6 +93,7 @@ def _eval(args: argparse.Namespace) -> int:
     print()
     print(results["markdown_header"])
     print(results["markdown_row"])
+    print(results["markdown_real_row"])
     if args.out:
         print(f"\nresults written to {args.out}")
     return 0

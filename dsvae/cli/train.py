@@ -11,10 +11,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train a model (DSVAE or a baseline) on a data set",
                        description="Train a model. Scale out with: torchrun --nproc_per_node N -m dsvae train ...")
-    p.add_argument("--model", default="dsvae", choices=sorted(MODELS), help="model to train (default dsvae)")
+    p.add_argument("--model", choices=sorted(MODELS), help="model to train (default dsvae)")
     p.add_argument("--data", required=True, help="data set .h5 file (dsvae data build)")
     p.add_argument("--out", required=True, help="run folder to create (or resume)")
-    p.add_argument("--preset", default="paper", help="model/training preset (default paper; cpu, tiny, ...)")
+    p.add_argument("--preset", help="model/training preset (default paper; cpu, tiny, ...)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model config value, e.g. --set z_dim=16 (JSON values); repeatable")
     p.add_argument("--label", choices=["action", "body", "bottom", "top", "hair"],
@@ -30,10 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="learning rate over the training budget (steps or --max-minutes, whichever ends first): "
                         "constant (default), or a cosine / linear decay to --min-lr-ratio times --lr")
     p.add_argument("--min-lr-ratio", type=float, help="final learning rate of a decay, as a share of --lr (default 0.05)")
+    p.add_argument("--lr-decay-end", type=float,
+                   help="share of the budget over which a decay runs; the rate then holds at its final value "
+                        "(default 1: the decay spans the whole budget)")
     p.add_argument("--ema-decay", type=float,
                    help="also keep an exponential moving average of the weights with this decay (e.g. 0.999; "
                         "0 = off, the default unless the preset sets one); dsvae.load and eval use it by default")
-    p.add_argument("--grad-clip", type=float, default=5.0, help="gradient norm clip, 0 = off (default 5)")
+    p.add_argument("--grad-clip", type=float, help="gradient norm clip, 0 = off (default 5)")
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
                    help="autocast precision: auto = bf16 on GPU, fp32 on CPU. On CPUs with AVX512_BF16/AMX, "
@@ -43,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="store convolution weights NHWC (a speed option; results are unchanged)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (a speed option; the first steps compile for a minute or more)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--limit", type=int, help="use only the first N training sequences (quick runs)")
     p.add_argument("--lazy", action="store_true", help="read sequences from the file per batch instead of in memory")
     p.add_argument("--log-every", type=int, help="steps between metric lines (default 50)")
@@ -83,10 +86,10 @@ def _train(args: argparse.Namespace) -> int:
         model_config["labeled"] = args.labeled
     result = train(
         data=args.data, out=args.out, model=args.model, preset=args.preset,
-        model_config=model_config, epochs=args.epochs, max_steps=args.max_steps,
+        model_config=model_config or None, epochs=args.epochs, max_steps=args.max_steps,
         max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip,
-        lr_schedule=args.lr_schedule, min_lr_ratio=args.min_lr_ratio, ema_decay=args.ema_decay,
-        device=args.device, amp=args.amp, seed=args.seed, limit=args.limit, resident=not args.lazy,
+        lr_schedule=args.lr_schedule, min_lr_ratio=args.min_lr_ratio, lr_decay_end=args.lr_decay_end, ema_decay=args.ema_decay,
+        device=args.device, amp=args.amp, seed=args.seed, limit=args.limit, resident=False if args.lazy else None,
         log_every=args.log_every, checkpoint_every=args.checkpoint_every, sample_every=sample_every,
         tensorboard=args.tensorboard or None, channels_last=args.channels_last or None,
         compile=args.compile or None, progress=not args.quiet, resume=args.resume,

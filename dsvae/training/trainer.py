@@ -36,8 +36,11 @@ from dsvae.training.ema import WeightAverage
 from dsvae.training.runtime import apply_cpu_allocator_settings, speed_up
 
 #: Options that may change when a run is resumed; everything else comes from the saved run.
-RESUMABLE = ("epochs", "max_steps", "max_minutes", "device", "progress", "log_every", "checkpoint_every",
-             "sample_every", "keep_checkpoints", "tensorboard", "channels_last", "compile", "ema_decay")
+RESUMABLE = ("epochs", "max_steps", "max_minutes", "device", "amp", "resident", "workers", "progress", "log_every",
+             "checkpoint_every", "sample_every", "keep_checkpoints", "tensorboard", "channels_last", "compile",
+             "ema_decay")
+#: Options of a call that name the run itself rather than how it trains.
+_RUN_NAMING = ("data", "out", "resume", "overwrite")
 
 
 @dataclass
@@ -56,6 +59,7 @@ class TrainConfig:
     lr: float | None = None
     lr_schedule: str | None = None  # None: the preset's, else constant
     min_lr_ratio: float = 0.05
+    lr_decay_end: float = 1.0  # share of the budget after which a decay holds at min_lr_ratio
     ema_decay: float | None = None  # None: the preset's, else 0 = no weight average
     weight_decay: float = 0.0
     grad_clip: float = 5.0
@@ -198,6 +202,8 @@ def _resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     lr_factor(resolved.lr_schedule, 0.0, resolved.min_lr_ratio)  # a clear error for an unknown schedule
     if not 0.0 <= resolved.min_lr_ratio <= 1.0:
         raise DsvaeError(f"min_lr_ratio must be in [0, 1], got {resolved.min_lr_ratio!r}")
+    if not 0.0 < resolved.lr_decay_end <= 1.0:
+        raise DsvaeError(f"lr_decay_end must be in (0, 1], got {resolved.lr_decay_end!r}")
     if not 0.0 <= resolved.ema_decay < 1.0:
         raise DsvaeError(f"ema_decay must be in [0, 1) (0 = off), got {resolved.ema_decay!r}")
     model_cfg = {**preset_model, **resolved.model_config}
@@ -233,7 +239,21 @@ def _create_run_dir(run_dir: Path, cfg: TrainConfig, info: DistInfo) -> None:
 
 
 def _merge_resumed(cfg: TrainConfig, saved: Mapping[str, Any], explicit: set[str]) -> TrainConfig:
-    """The saved run's config, with the options that may change on resume taken from this call."""
+    """The saved run's config, with the options that may change on resume taken from this call.
+
+    Any other option given explicitly must equal the saved run's: a different learning rate, model or
+    batch size would be silently ignored otherwise, so it is refused with a clear error instead."""
+    for key in sorted(explicit - set(RESUMABLE) - set(_RUN_NAMING)):
+        asked, had = getattr(cfg, key), saved.get(key)
+        if key == "model_config":
+            had = dict(had or {})
+            if all(had.get(k) == v or (isinstance(v, list) and list(had.get(k) or ()) == v) for k, v in asked.items()):
+                continue
+        elif asked == had:
+            continue
+        flag = "--set" if key == "model_config" else "--" + key.replace("_", "-")
+        raise DsvaeError(f"{flag} cannot change when a run is resumed: {cfg.out} was trained with {had!r}, this call "
+                         f"asks for {asked!r}; leave it out to continue the run, or train a new run (another --out)")
     values = dict(saved)
     for key in RESUMABLE:
         if key in explicit:
@@ -245,10 +265,11 @@ def _merge_resumed(cfg: TrainConfig, saved: Mapping[str, Any], explicit: set[str
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
-def lr_factor(schedule: str, progress: float, min_ratio: float) -> float:
+def lr_factor(schedule: str, progress: float, min_ratio: float, decay_end: float = 1.0) -> float:
     """Multiplier of the base learning rate at ``progress`` in [0, 1] of the training budget: 1 throughout
-    for ``constant``; from 1 down to ``min_ratio`` along a half cosine or a straight line otherwise."""
-    progress = min(max(progress, 0.0), 1.0)
+    for ``constant``; from 1 down to ``min_ratio`` along a half cosine or a straight line otherwise, reached
+    at ``progress = decay_end`` and held from there to the end of the budget."""
+    progress = min(max(progress / decay_end, 0.0), 1.0)
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
@@ -261,7 +282,7 @@ def lr_factor(schedule: str, progress: float, min_ratio: float) -> float:
 def _set_lr(optimizers: Mapping[str, torch.optim.Optimizer], base: Mapping[str, list[float]], cfg: TrainConfig,
             progress: float) -> float:
     """Scale every param group's base rate to ``progress`` of ``cfg``'s schedule; returns the factor."""
-    factor = lr_factor(cfg.lr_schedule, progress, cfg.min_lr_ratio)
+    factor = lr_factor(cfg.lr_schedule, progress, cfg.min_lr_ratio, cfg.lr_decay_end)
     for phase, opt in optimizers.items():
         for group, lr in zip(opt.param_groups, base[phase]):
             group["lr"] = lr * factor

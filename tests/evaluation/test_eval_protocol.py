@@ -126,6 +126,18 @@ def test_oracle_scores_perfectly(test_split, tiny_judge, procedural_h5):
     assert dyn["h_yx"]["mean"] == pytest.approx(h_real, abs=0.03)
     assert dyn["inception_score"]["mean"] >= 9 * math.exp(-h_real - 0.03) - 0.1  # IS ~ exp(H(y) - H(y|x))
     assert dyn["balanced_videos"] == n  # the test split has every motion of every character
+    # the judge on the real videos themselves: its own accuracy and confidence, one pass
+    real = res["real"]
+    assert real["action_accuracy"]["mean"] == pytest.approx(judge_acc["action"], abs=1e-9)
+    for name, acc in judge_acc.items():
+        if name != "action":
+            assert real["attributes"][name]["mean"] == pytest.approx(acc, abs=1e-9)
+    assert real["h_yx"]["mean"] == pytest.approx(h_real, abs=1e-4)
+    assert len(real["h_yx"]["values"]) == 1
+    # the oracle decodes real videos, so it reads exactly like them
+    assert dyn["h_yx"]["mean"] == pytest.approx(real["h_yx"]["mean"], abs=0.03)
+    assert res["markdown_real_row"].startswith("| real test videos (")
+    assert res["markdown_real_row"].count("|") == res["markdown_row"].count("|")
     # what the codes should not control: chance
     assert sta["action_accuracy"]["mean"] == pytest.approx(1 / 9, abs=0.03)
     assert dyn["attribute_accuracy"]["mean"] == pytest.approx(1 / 6, abs=0.03)
@@ -140,6 +152,8 @@ def test_oracle_scores_perfectly(test_split, tiny_judge, procedural_h5):
 def test_model_ignoring_its_codes_scores_chance(test_split, tiny_judge, procedural_h5):
     res = evaluate(Ignorant(test_split), tiny_judge.judge, procedural_h5, repeats=1, progress=False)
     dyn, sta, swp = res["dynamic"], res["static"], res["swap"]
+    oracle = evaluate(Oracle(test_split), tiny_judge.judge, procedural_h5, repeats=1, progress=False)
+    assert res["real"] == oracle["real"]  # the real videos' row does not depend on the model
     # one fixed video: the judge always says the same thing
     assert dyn["action_accuracy"]["mean"] == pytest.approx(1 / 9, abs=1e-9)
     assert swp["action_accuracy"]["mean"] == pytest.approx(1 / 9, abs=1e-9)
@@ -246,6 +260,8 @@ def test_dsvae_run_end_to_end(tmp_path, tiny_judge, procedural_h5, capsys):
     saved = json.loads(out.read_text())
     assert saved["markdown_row"] in text and saved["markdown_header"].splitlines()[0] in text
     assert saved["markdown_row"].startswith("| dsvae (run) | ")
+    assert saved["markdown_real_row"] in text and "real videos (the judge's ceiling)" in text
+    assert saved["real"]["status"] == "ok"
     assert saved["n_videos"] == 60 and saved["repeats"] == 2 and not saved["legacy"]
     assert saved["dynamic"]["action_accuracy"] == res["dynamic"]["action_accuracy"]  # seeded: same numbers
     assert saved["judge"]["data_source"] == "procedural" and saved["data"]["source"] == "procedural"

@@ -8,15 +8,17 @@ def test_pipeline_with_colour_mixing_writes_the_table(procedural_h5, tiny_judge,
     out = tmp_path / "sota"
     args = ["--out", str(out), "--data", "procedural", "--data-file", str(procedural_h5),
             "--judge", str(tiny_judge.path), "--preset", "tiny", "--max-steps", "2", "--variants", "all",
-            "--mix", "colours", "--eval-limit", "18", "--repeats", "1", "--lr-schedule", "cosine", "--quiet"]
+            "--mix", "colours", "--eval-limit", "18", "--repeats", "1", "--lr-schedule", "cosine", "--lr-decay-end", "0.5",
+            "--quiet"]
     assert pipeline.main(args) == 0
     table = (out / "RESULTS.md").read_text()
     assert "SKD" in table and "| all |" in table and "no labels used" in table and "--mix colours" in table
+    assert "| real test videos (18;" in table  # the judge's ceiling on the same videos
     mixed = out / "data" / "train_mixed_colours.h5"
     assert mixed.is_file()
     report = json.loads((out / "RESULTS.json").read_text())["variants"][0]
     assert report["training"]["data"] == str(mixed) and report["training"]["steps"] == 2
-    assert report["training"]["lr_schedule"] == "cosine"
+    assert report["training"]["lr_schedule"] == "cosine" and report["training"]["lr_decay_end"] == 0.5
     assert json.loads((out / "runs" / "all" / "config.json").read_text())["train"]["lr_schedule"] == "cosine"
     assert report["n_videos"] == 18 and report["dynamic"]["status"] == "ok"
     assert 0.0 <= report["dynamic"]["action_accuracy"]["mean"] <= 1.0

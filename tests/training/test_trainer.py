@@ -96,6 +96,32 @@ def test_resume_is_exact(tmp_path, procedural_h5, monkeypatch):
     assert steps == sorted(set(steps))  # no duplicated lines after the resume
 
 
+def test_resume_refuses_options_it_cannot_change(tmp_path, procedural_h5, capsys):
+    """Options outside RESUMABLE that differ from the saved run are an error, not silently ignored."""
+    first = _run(tmp_path, procedural_h5, max_steps=2, lr=2e-3, model_config={"z_dim": 3})
+    for kw, flag in [({"lr": 1e-3}, "--lr"), ({"batch_size": 4}, "--batch-size"),
+                     ({"model_config": {"z_dim": 5}}, "--set"), ({"model": "cdsvae"}, "--model")]:
+        with pytest.raises(DsvaeError, match=f"{flag} cannot change when a run is resumed"):
+            train(data=str(procedural_h5), out=str(first.run_dir), resume=True, max_steps=3, progress=False, **kw)
+    assert torch.load(first.run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 2  # untouched
+    # the same values, or the options that may change (budget, precision, logging), are fine
+    res = train(data=str(procedural_h5), out=str(first.run_dir), resume=True, max_steps=3, lr=2e-3,
+                model_config={"z_dim": 3}, amp="off", log_every=1, progress=False)
+    assert res.step == 3
+    # the CLI passes only what was typed: a bare --resume continues a cdsvae run (no default --model dsvae)
+    run = tmp_path / "cli"
+    common = ["train", "--data", str(procedural_h5), "--out", str(run), "--limit", "64", "--sample-every", "0",
+              "--quiet"]
+    assert main([*common, "--model", "cdsvae", "--preset", "tiny", "--batch-size", "8", "--max-steps", "2",
+                 "--set", "z_dim=3"]) == 0
+    assert main([*common, "--resume", "--max-steps", "3"]) == 0
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
+    capsys.readouterr()
+    assert main([*common, "--resume", "--max-steps", "4", "--lr", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr cannot change" in err and err.count("\n") == 1
+
+
 def test_lr_factor_shapes():
     lr_factor = trainer_mod.lr_factor
     assert [lr_factor("constant", p, 0.1) for p in (0.0, 0.5, 1.0)] == [1.0, 1.0, 1.0]
@@ -131,6 +157,18 @@ def test_lr_schedule_decays_over_steps_and_survives_resume(tmp_path, procedural_
     a, b = _weights(full.run_dir), _weights(tmp_path / "killed")
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_lr_decay_can_end_early_and_hold(tmp_path, procedural_h5):
+    """--lr-decay-end 0.5: the decay is over after half the budget, the rest runs at the final rate."""
+    res = _run(tmp_path, procedural_h5, max_steps=12, log_every=1, lr=2e-3, lr_schedule="cosine", min_lr_ratio=0.1,
+               lr_decay_end=0.5)
+    lrs = _lrs(res.run_dir)
+    assert all(a > b for a, b in zip(lrs[:7], lrs[1:7]))  # steps 0..6 decay
+    assert lrs[6:] == pytest.approx([2e-4] * 6)  # from progress 6/12 = 0.5 on: the floor
+    assert lrs[3] == pytest.approx(2e-3 * trainer_mod.lr_factor("cosine", 3 / 12 / 0.5, 0.1))
+    assert trainer_mod.lr_factor("linear", 0.25, 0.0, 0.5) == pytest.approx(0.5)
+    assert trainer_mod.lr_factor("constant", 0.9, 0.1, 0.5) == 1.0
 
 
 def test_lr_schedule_follows_the_time_budget(tmp_path, procedural_h5, monkeypatch):
@@ -197,6 +235,7 @@ def test_cli_train_and_errors(tmp_path, procedural_h5, capsys):
         (["--data", str(procedural_h5), "--preset", "huge"], "unknown preset"),
         (["--data", str(procedural_h5), "--batch-size", "-4"], "batch_size must be a positive"),
         (["--data", str(procedural_h5), "--lr-schedule", "cosine", "--min-lr-ratio", "2"], "min_lr_ratio must be in"),
+        (["--data", str(procedural_h5), "--lr-schedule", "cosine", "--lr-decay-end", "0"], "lr_decay_end must be in"),
     ]:
         rc = main(["train", "--out", str(tmp_path / "bad"), "--preset", "tiny", "--quiet", *args])
         err = capsys.readouterr().err
