@@ -176,6 +176,17 @@ def _attribute_scores(probs: dict[str, torch.Tensor], attributes: torch.Tensor) 
     return {"attribute_accuracy": sum(per.values()) / len(per), "attributes": per}
 
 
+def _action_and_attribute_row(probs: dict[str, torch.Tensor], actions: torch.Tensor, attributes: torch.Tensor,
+                              balanced: torch.Tensor) -> dict[str, float]:
+    """Action accuracy, IS / H(y|x) / H(y) on the ``balanced`` subset and attribute accuracies of judged videos."""
+    row = {"action_accuracy": metrics.accuracy(probs["action"].argmax(-1), actions)}
+    row.update(metrics.action_scores(probs["action"][balanced]))
+    attr = _attribute_scores(probs, attributes)
+    row["attribute_accuracy"] = attr["attribute_accuracy"]
+    row.update({f"attributes.{k}": v for k, v in attr["attributes"].items()})
+    return row
+
+
 def evaluate(
     run: Any,
     judge: Judge | str | os.PathLike,
@@ -293,24 +304,13 @@ def evaluate(
             timing["encode"] = time.time() - t0
             balanced = metrics.balanced_subset(actions)
             # the judge on the evaluated real videos themselves: the ceiling of what any model can score
-            probs = {h: torch.cat(v) for h, v in real_probs.items()}
-            real_row = {"action_accuracy": metrics.accuracy(probs["action"].argmax(-1), actions)}
-            real_row.update(metrics.action_scores(probs["action"][balanced]))
-            attr = _attribute_scores(probs, attributes)
-            real_row["attribute_accuracy"] = attr["attribute_accuracy"]
-            real_row.update({f"attributes.{k}": v for k, v in attr["attributes"].items()})
-            results["real"] = _aggregate([real_row])
+            real = {h: torch.cat(v) for h, v in real_probs.items()}
+            results["real"] = _aggregate([_action_and_attribute_row(real, actions, attributes, balanced)])
 
             def dynamic(r: int) -> dict[str, float]:
                 torch.manual_seed(_test_seed(seed, r, 0))
                 f = model.sample_static(n).to(dev, torch.float32)
-                probs = runner.classify(f, z_mean)
-                row = {"action_accuracy": metrics.accuracy(probs["action"].argmax(-1), actions)}
-                row.update(metrics.action_scores(probs["action"][balanced]))
-                attr = _attribute_scores(probs, attributes)
-                row["attribute_accuracy"] = attr["attribute_accuracy"]
-                row.update({f"attributes.{k}": v for k, v in attr["attributes"].items()})
-                return row
+                return _action_and_attribute_row(runner.classify(f, z_mean), actions, attributes, balanced)
 
             def static(r: int) -> dict[str, float]:
                 torch.manual_seed(_test_seed(seed, r, 1))
