@@ -243,11 +243,14 @@ def _merge_resumed(cfg: TrainConfig, saved: Mapping[str, Any], explicit: set[str
 
     Any other option given explicitly must equal the saved run's: a different learning rate, model or
     batch size would be silently ignored otherwise, so it is refused with a clear error instead."""
+    def plain(value: Any) -> Any:  # tuples and lists compare equal (a --set list vs a saved tuple)
+        return json.loads(json.dumps(value))
+
     for key in sorted(explicit - set(RESUMABLE) - set(_RUN_NAMING)):
-        asked, had = getattr(cfg, key), saved.get(key)
-        if key == "model_config":
-            had = dict(had or {})
-            if all(had.get(k) == v or (isinstance(v, list) and list(had.get(k) or ()) == v) for k, v in asked.items()):
+        asked, had = plain(getattr(cfg, key)), plain(saved.get(key))
+        if key == "model_config":  # the overrides given must be among the run's
+            had = had or {}
+            if all(had.get(k) == v for k, v in asked.items()):
                 continue
         elif asked == had:
             continue

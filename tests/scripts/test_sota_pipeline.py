@@ -8,8 +8,8 @@ def test_pipeline_with_colour_mixing_writes_the_table(procedural_h5, tiny_judge,
     out = tmp_path / "sota"
     args = ["--out", str(out), "--data", "procedural", "--data-file", str(procedural_h5),
             "--judge", str(tiny_judge.path), "--preset", "tiny", "--max-steps", "2", "--variants", "all",
-            "--mix", "colours", "--eval-limit", "18", "--repeats", "1", "--lr-schedule", "cosine", "--lr-decay-end", "0.5",
-            "--quiet"]
+            "--mix", "colours", "--eval-limit", "18", "--repeats", "1", "--lr-schedule", "cosine",
+            "--lr-decay-end", "0.5", "--quiet"]
     assert pipeline.main(args) == 0
     table = (out / "RESULTS.md").read_text()
     assert "SKD" in table and "| all |" in table and "no labels used" in table and "--mix colours" in table

@@ -280,8 +280,8 @@ def test_ddp_two_processes_match_one(tmp_path, procedural_h5):
 
 
 def test_a_preset_can_set_the_lr_schedule_and_weight_average():
-    """cdsvae `cpu-best` starts at 2e-3 and decays the rate (cosine) over 60 minutes, keeps a weight average and carries its
-    model options; explicit values win; presets without them train at a constant rate, no average."""
+    """cdsvae `cpu-best` starts at 2e-3 and decays the rate (cosine) over 60 minutes, keeps a weight average
+    and carries its model options; explicit values win; presets without them train at a constant rate, no average."""
     best, model_cfg = trainer_mod._resolve_config(trainer_mod.TrainConfig(model="cdsvae", preset="cpu-best"))
     assert best.lr_schedule == "cosine" and best.max_minutes == 60 and best.ema_decay == 0.998
     assert best.lr == 2e-3  # twice the cpu preset's rate
