@@ -65,9 +65,17 @@ class FrameEncoder(nn.Module):
 
 
 class FrameDecoder(nn.Module):
-    """Vectors (N, in_dim) -> images (N, 3, H, W) in [0, 1]; the mirror of FrameEncoder."""
+    """Vectors (N, in_dim) -> images (N, 3, H, W) in [0, 1]; the mirror of FrameEncoder.
 
-    def __init__(self, widths: Sequence[int], in_dim: int, norm: str = "batch", out_channels: int = 3) -> None:
+    With ``film_blocks = k > 0`` the k finest hidden blocks are also modulated by a conditioning
+    vector of ``cond_dim`` values (FiLM: ``h * (1 + gamma(c)) + beta(c)`` per channel, after the
+    block's norm; ``gamma`` and ``beta`` linear in c and initialised to zero, so an untrained
+    modulation is the identity). The DSVAE can pass its static code f this way, so that f sets the
+    colours near the output instead of only through the 4x4 bottleneck.
+    """
+
+    def __init__(self, widths: Sequence[int], in_dim: int, norm: str = "batch", out_channels: int = 3,
+                 cond_dim: int = 0, film_blocks: int = 0) -> None:
         super().__init__()
         rev = list(widths)[::-1]
         layers: list[nn.Module] = [
@@ -85,14 +93,42 @@ class FrameDecoder(nn.Module):
         self.net = nn.Sequential(*layers)
         self.image_size = image_size_for(widths)
         self.in_dim = in_dim
+        if not 0 <= film_blocks <= len(rev) or (film_blocks > 0) != (cond_dim > 0):
+            raise ValueError(f"film_blocks must be in [0, {len(rev)}] and > 0 exactly when cond_dim > 0, "
+                             f"got film_blocks={film_blocks}, cond_dim={cond_dim}")
+        self.cond_dim = cond_dim
+        #: index of the first modulated hidden block (blocks run coarse to fine)
+        self.film_first = len(rev) - film_blocks
+        self.film = nn.ModuleList(nn.Linear(cond_dim, 2 * c) for c in rev[self.film_first:]) if film_blocks else None
+        if self.film is not None:
+            for lin in self.film:
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.net(codes[:, :, None, None])
+    def forward(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h = codes[:, :, None, None]
+        if self.film is None:
+            if cond is not None:
+                raise ValueError("this FrameDecoder takes no conditioning vector (cond_dim=0)")
+            return self.net(h)
+        if cond is None or cond.shape != (codes.shape[0], self.cond_dim):
+            got = None if cond is None else tuple(cond.shape)
+            raise ValueError(f"FrameDecoder needs a conditioning vector ({codes.shape[0]}, {self.cond_dim}), got {got}")
+        # net = [conv, norm, act] per hidden block, then [conv, sigmoid]: modulate after each norm
+        for i, layer in enumerate(self.net):
+            h = layer(h)
+            block = i // 3
+            if i % 3 == 1 and self.film_first <= block < len(self.net) // 3:
+                gamma, beta = self.film[block - self.film_first](cond.to(h.dtype)).chunk(2, dim=-1)
+                h = h * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+        return h
 
-    def frames(self, codes: torch.Tensor) -> torch.Tensor:
-        """Per-frame codes (B, T, in_dim) -> videos (B, T, C, H, W)."""
+    def frames(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-frame codes (B, T, in_dim) -> videos (B, T, C, H, W); ``cond`` (B, T, cond_dim) if
+        the decoder is conditioned."""
         b = codes.shape[0]
-        images = self(rearrange(codes, "b t d -> (b t) d"))
+        flat = None if cond is None else rearrange(cond, "b t d -> (b t) d")
+        images = self(rearrange(codes, "b t d -> (b t) d"), flat)
         return rearrange(images, "(b t) c h w -> b t c h w", b=b)
 
 

@@ -12,6 +12,10 @@ variances the LSTM emits (KL = -H(q) - E_q log p(z), the cross term estimated wi
 sample). A single Gaussian must cover every motion and phase at once, so its mean, which the
 static test decodes, is a blend of poses; a mixture's rollout picks one component per step and
 decodes that component's mean.
+
+``decoder_film_blocks`` (0 in the paper) also feeds f to that many of the frame decoder's finest
+hidden blocks as a per-channel scale and shift (FiLM), so the static code can set colours near the
+output rather than only through the decoder's first layer.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class DSVAEConfig(ModelConfig):
     kl_f_weight: float = 1.0
     kl_z_weight: float = 1.0
     prior_components: int = 1
+    decoder_film_blocks: int = 0
 
     def validate(self) -> None:
         check_positive(self, "image_size", "widths", "feature_dim", "hidden_dim", "prior_hidden_dim", "f_dim", "z_dim",
@@ -61,6 +66,10 @@ class DSVAEConfig(ModelConfig):
         check_choice(self, "posterior", ("full", "factorized"))
         check_choice(self, "norm", NORMS)
         check_choice(self, "recon_loss", ("mse", "bce"))
+        film = self.decoder_film_blocks
+        if not isinstance(film, int) or isinstance(film, bool) or not 0 <= film <= len(self.widths):
+            raise DsvaeError(f"DSVAEConfig.decoder_film_blocks must be an integer in [0, {len(self.widths)}] "
+                             f"(the decoder's hidden blocks), got {film!r}")
         for name in ("recon_weight", "kl_f_weight", "kl_z_weight"):
             if getattr(self, name) < 0:
                 raise DsvaeError(f"DSVAEConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -93,7 +102,8 @@ class DSVAE(SequenceModel):
         # K > 1: K mixture logits, then K means and K log-variances (K = 1: no logit)
         k = c.prior_components
         self.prior_head = nn.Linear(c.prior_hidden_dim, 2 * c.z_dim * k + (k if k > 1 else 0))
-        self.decoder = FrameDecoder(c.widths, c.f_dim + c.z_dim, norm=c.norm)
+        self.decoder = FrameDecoder(c.widths, c.f_dim + c.z_dim, norm=c.norm,
+                                    cond_dim=c.f_dim if c.decoder_film_blocks else 0, film_blocks=c.decoder_film_blocks)
 
     # -- inference ------------------------------------------------------------------
     def encode_features(self, feats: torch.Tensor) -> Posterior:
@@ -120,8 +130,9 @@ class DSVAE(SequenceModel):
         return self.encode_features(self.encoder.frames(x))
 
     def decode(self, f: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        codes = torch.cat([repeat(f, "b d -> b t d", t=z.shape[1]).to(z.dtype), z], dim=-1)
-        return self.decoder.frames(codes)
+        f_rep = repeat(f, "b d -> b t d", t=z.shape[1]).to(z.dtype)
+        codes = torch.cat([f_rep, z], dim=-1)
+        return self.decoder.frames(codes, f_rep if self.config.decoder_film_blocks else None)
 
     # -- prior ----------------------------------------------------------------------
     def _prior_out(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

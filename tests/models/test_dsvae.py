@@ -11,11 +11,13 @@ from dsvae.models.presets import get_preset
 TINY = get_preset("dsvae", "tiny")[0]
 
 
-@pytest.fixture(params=[("full", 1), ("factorized", 1), ("full", 4)], ids=["full", "factorized", "mixture"])
+@pytest.fixture(params=[("full", 1, 0), ("factorized", 1, 0), ("full", 4, 0), ("full", 1, 2)],
+                ids=["full", "factorized", "mixture", "film"])
 def model(request):
     torch.manual_seed(0)
-    posterior, components = request.param
-    return build_model("dsvae", {**TINY, "posterior": posterior, "prior_components": components})
+    posterior, components, film = request.param
+    return build_model("dsvae", {**TINY, "posterior": posterior, "prior_components": components,
+                                 "decoder_film_blocks": film})
 
 
 def test_shapes(model):
@@ -197,10 +199,37 @@ def test_eval_encoding_is_deterministic_in_means(model):
     ({"image_size": 64}, "image_size is 64"),
     ({"kl_f_weight": -1.0}, "kl_f_weight must be >= 0"),
     ({"bogus": 1}, "unknown DSVAEConfig option"),
+    ({"decoder_film_blocks": 3}, "decoder_film_blocks must be an integer in"),
+    ({"decoder_film_blocks": True}, "decoder_film_blocks must be an integer in"),
 ])
 def test_bad_config_values(bad, match):
     with pytest.raises(DsvaeError, match=match):
         build_model("dsvae", {**TINY, **bad})
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_film_decoder_starts_as_the_plain_one_and_lets_f_modulate(blocks):
+    torch.manual_seed(0)
+    plain = build_model("dsvae", TINY).eval()
+    film = build_model("dsvae", {**TINY, "decoder_film_blocks": blocks}).eval()
+    assert len(film.decoder.film) == blocks
+    # the finest blocks are the modulated ones: the last FiLM layer has the first width's channels
+    assert film.decoder.film[-1].out_features == 2 * TINY["widths"][0]
+    # the plain decoder's weights load into the conditioned one (extra FiLM layers zero-initialised)
+    missing, unexpected = film.load_state_dict(plain.state_dict(), strict=False)
+    assert unexpected == [] and missing and all(k.startswith("decoder.film.") for k in missing)
+    c = plain.config
+    f, z = torch.randn(2, c.f_dim), torch.randn(2, 3, c.z_dim)
+    assert torch.allclose(film.decode(f, z), plain.decode(f, z))
+    # once the modulation is trained, f reaches the hidden blocks and changes the frames
+    with torch.no_grad():
+        for lin in film.decoder.film:
+            lin.weight.normal_(0, 0.5)
+    assert not torch.allclose(film.decode(f, z), plain.decode(f, z), atol=1e-3)
+    # and the FiLM layers are trained by the ELBO
+    film.train()
+    film(torch.rand(2, 3, 3, c.image_size, c.image_size))["loss"].backward()
+    assert all(lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0 for lin in film.decoder.film)
 
 
 def test_unknown_model():
