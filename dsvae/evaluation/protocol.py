@@ -127,6 +127,8 @@ def _load_model(run: Any, device: torch.device, weights: str = "auto") -> tuple[
     model.load_state_dict(state)
     info = {"source": str(run), "checkpoint": str(file), "model_type": ckpt["model_type"],
             "model_config": ckpt.get("model_config", {}), "step": ckpt.get("step"), "weights": used}
+    if "bn_recalibrated" in ckpt:  # dsvae train --bn-recalibrate: batch-norm statistics recomputed at the end
+        info["bn_recalibrated"] = ckpt["bn_recalibrated"]
     return model.to(device).eval(), info, True
 
 

@@ -117,12 +117,13 @@ PRESETS["cdsvae"] = {
 # The best 60-minute recipe on the 2-core CPU (BENCHMARKS.md section 7): the `cpu` preset with doubled
 # conv widths, a 32-component mixture prior for the dynamics, twice the learning rate (2e-3) with a cosine
 # decay over the budget of 60 wall-clock minutes (the epoch count is only a cap) and a moving average of the weights
-# (what `dsvae.load` and `dsvae eval` use; `--weights raw` judges the trained ones); train it on
+# (what `dsvae.load` and `dsvae eval` use; `--weights raw` judges the trained ones) whose batch-norm
+# statistics are recomputed over 200 training batches at the end (`--bn-recalibrate`); train it on
 # motion-mixed data (`dsvae data mix`).
 PRESETS["cdsvae"]["cpu-best"] = {
     "model": {**PRESETS["cdsvae"]["cpu"]["model"], "widths": (32, 64, 128, 256), "prior_components": 32},
     "train": {**PRESETS["cdsvae"]["cpu"]["train"], "lr": 2e-3, "lr_schedule": "cosine", "max_minutes": 60,
-              "epochs": 1000, "ema_decay": 0.998},
+              "epochs": 1000, "ema_decay": 0.998, "bn_recalibrate": 200},
 }
 
 

@@ -32,13 +32,14 @@ from dsvae.errors import DsvaeError, TrainingDiverged
 from dsvae.models import SequenceModel, build_model, model_class
 from dsvae.models.presets import get_preset
 from dsvae.training import checkpoint as ckpt_io
+from dsvae.training.batchnorm import batchnorm_layers, recalibrate_state
 from dsvae.training.ema import WeightAverage
 from dsvae.training.runtime import apply_cpu_allocator_settings, speed_up
 
 #: Options that may change when a run is resumed; everything else comes from the saved run.
 RESUMABLE = ("epochs", "max_steps", "max_minutes", "device", "amp", "resident", "workers", "progress", "log_every",
              "checkpoint_every", "sample_every", "keep_checkpoints", "tensorboard", "channels_last", "compile",
-             "ema_decay")
+             "ema_decay", "bn_recalibrate")
 #: Options of a call that name the run itself rather than how it trains.
 _RUN_NAMING = ("data", "out", "resume", "overwrite")
 
@@ -61,6 +62,8 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     lr_decay_end: float = 1.0  # share of the budget after which a decay holds at min_lr_ratio
     ema_decay: float | None = None  # None: the preset's, else 0 = no weight average
+    bn_recalibrate: int | None = None  # batches to recompute the weight average's batch-norm statistics with at the end;
+    # None: the preset's, else 0 (off)
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     device: str = "auto"
@@ -92,6 +95,7 @@ class TrainResult:
     metrics: dict[str, float]
     model: SequenceModel
     seconds: float
+    bn_recalibrated: int = 0  # batches the batch-norm statistics were recomputed over at the end (0: not done)
 
 
 # ----------------------------------------------------------------------------------
@@ -178,6 +182,7 @@ def _resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     model_class(cfg.model)  # clear error for an unknown model
     preset_model, preset_train = get_preset(cfg.model, cfg.preset)
     values = cfg.to_dict()
+    asked_recalibrate = values.get("bn_recalibrate") is not None
     for key, value in preset_train.items():
         if key == "epochs" and values.get("max_steps") is not None:
             continue  # an explicit step budget replaces the preset's epochs
@@ -189,6 +194,8 @@ def _resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
         values["lr_schedule"] = "constant"
     if values["ema_decay"] is None:
         values["ema_decay"] = 0.0
+    if values["bn_recalibrate"] is None or (not asked_recalibrate and not values["ema_decay"]):
+        values["bn_recalibrate"] = 0  # a preset's recalibration applies to its weight average, when one is kept
     resolved = TrainConfig(**values)
     for name in ("batch_size", "log_every", "checkpoint_every"):
         if not isinstance(getattr(resolved, name), int) or getattr(resolved, name) <= 0:
@@ -197,6 +204,11 @@ def _resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
         value = getattr(resolved, name)
         if value is not None and value <= 0:
             raise DsvaeError(f"{name} must be positive, got {value!r}")
+    if not isinstance(resolved.bn_recalibrate, int) or resolved.bn_recalibrate < 0:
+        raise DsvaeError(f"bn_recalibrate must be an integer >= 0 (batches; 0 = off), got {resolved.bn_recalibrate!r}")
+    if resolved.bn_recalibrate and not resolved.ema_decay:
+        raise DsvaeError("bn_recalibrate recomputes the batch-norm statistics of the weight average; this run keeps "
+                         "none (add --ema-decay, e.g. 0.998)")
     if resolved.sample_every < 0 or resolved.grad_clip < 0 or resolved.keep_checkpoints < 0:
         raise DsvaeError("sample_every, grad_clip and keep_checkpoints must be >= 0")
     lr_factor(resolved.lr_schedule, 0.0, resolved.min_lr_ratio)  # a clear error for an unknown schedule
@@ -419,13 +431,15 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
     wrapped: torch.nn.Module = speed_up(model, channels_last=cfg.channels_last)  # before Adam sees the weights
     optimizers = build_optimizers(model, cfg.lr, cfg.weight_decay)
     base_lr = {phase: [g["lr"] for g in opt.param_groups] for phase, opt in optimizers.items()}
-    step = 0
+    step, epoch = 0, 0
     lr_progress0 = 0.0  # share of the learning-rate schedule done before this call (resumed runs)
+    metrics: dict[str, float] = {}
     if state is not None:
         model.load_state_dict(state["model"])
         for phase, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][phase])
-        step = int(state["step"])
+        step, epoch = int(state["step"]), int(state.get("epoch", 0))
+        metrics = dict(state.get("metrics", {}))
         lr_progress0 = float(state.get("lr_progress", 0.0))
         ckpt_io.set_rng_state(state["rng"])
         _truncate_metrics(run_dir / "metrics.jsonl", step, info.main)
@@ -458,7 +472,6 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
     last_good = step
     t_start = time.time()
     t_window, seqs_window = time.time(), 0
-    metrics: dict[str, float] = {}
     bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.model}", unit="step",
                disable=not (cfg.progress and info.main), dynamic_ncols=True)
     # The schedule spans what is left of it over this call's budget: its steps, or its minutes when
@@ -524,10 +537,33 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
         bar.close()
         if tb is not None:
             tb.close()
+    recalibrated = cfg.bn_recalibrate if ema is not None and batchnorm_layers(model) else 0
+    if recalibrated:
+        _recalibrate(cfg, model, ema, data, len(ds), local_batch, info, device, autocast_dtype)
+        if info.main:
+            _save(run_dir, cfg, model, optimizers, step, epoch, metrics, lr_progress, ema,
+                  bn_recalibrated=cfg.bn_recalibrate)
     if info.world > 1:
         dist.barrier()
     model.eval()
-    return TrainResult(run_dir, info.rank, step, metrics, model, time.time() - t_start)
+    return TrainResult(run_dir, info.rank, step, metrics, model, time.time() - t_start, recalibrated)
+
+
+def _recalibrate(cfg: TrainConfig, model: SequenceModel, ema: WeightAverage, data: _DeviceData, n: int,
+                 local_batch: int, info: DistInfo, device: torch.device, autocast_dtype: torch.dtype | None) -> None:
+    """Recompute the batch-norm statistics of the weight average on ``cfg.bn_recalibrate`` random training batches
+    (every rank alike: synchronised batch norm needs them all). The trained weights keep theirs: they were
+    estimated under those very weights, and recomputing them measured no better (BENCHMARKS.md)."""
+    def batches() -> Iterator[dict[str, torch.Tensor]]:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 999_983)
+        for _ in range(cfg.bn_recalibrate):
+            idx = torch.randperm(n, generator=g)[:cfg.batch_size]
+            yield data.batch(idx[info.rank * local_batch:(info.rank + 1) * local_batch])
+
+    show = cfg.progress and info.main
+    # the augmentations draw random numbers: leave the run's generators where training left them
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        recalibrate_state(model, ema.state, batches(), autocast_dtype=autocast_dtype, progress=show)
 
 
 # ----------------------------------------------------------------------------------
@@ -551,7 +587,7 @@ def _write_config(run_dir: Path, cfg: TrainConfig, model: SequenceModel, info: D
 
 def _save(run_dir: Path, cfg: TrainConfig, model: SequenceModel, optimizers: Mapping[str, torch.optim.Optimizer],
           step: int, epoch: int, metrics: Mapping[str, float], lr_progress: float,
-          ema: WeightAverage | None = None) -> None:
+          ema: WeightAverage | None = None, bn_recalibrated: int = 0) -> None:
     payload = {
         "dsvae_version": __version__,
         "model_type": model.model_type,
@@ -567,6 +603,8 @@ def _save(run_dir: Path, cfg: TrainConfig, model: SequenceModel, optimizers: Map
     }
     if ema is not None:
         payload["ema"] = ema.state_dict()
+    if bn_recalibrated:  # the weight average's batch-norm statistics were recomputed at this step
+        payload["bn_recalibrated"] = {"batches": int(bn_recalibrated), "step": step}
     folder = run_dir / "checkpoints"
     ckpt_io.save_checkpoint(folder / ckpt_io.LAST, payload)
     if cfg.keep_checkpoints:
