@@ -472,7 +472,8 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
     last_good = step
     t_start = time.time()
     t_window, seqs_window = time.time(), 0
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.model}", unit="step",
+    budget = f" ({cfg.max_minutes:g} min budget)" if cfg.max_minutes is not None else ""
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {cfg.model}{budget}", unit="step",
                disable=not (cfg.progress and info.main), dynamic_ncols=True)
     # The schedule spans what is left of it over this call's budget: its steps, or its minutes when
     # they run out first (a resumed run goes on from the checkpoint's share of the schedule).
@@ -523,6 +524,8 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
             done = (step - start_step) / max(1, total_steps - start_step)
             if cfg.max_minutes is not None:
                 done = max(done, elapsed_s / (60 * cfg.max_minutes))
+            if cfg.max_minutes is not None:  # the bar counts towards the steps the budget will allow
+                bar.total = steps_in_budget(step, start_step, elapsed_s, 60 * cfg.max_minutes, total_steps)
             lr_progress = min(1.0, lr_progress0 + (1.0 - lr_progress0) * done)
             lr_now = cfg.lr * _set_lr(optimizers, base_lr, cfg, lr_progress)
             final = step == total_steps or timeout
@@ -547,6 +550,16 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
         dist.barrier()
     model.eval()
     return TrainResult(run_dir, info.rank, step, metrics, model, time.time() - t_start, recalibrated)
+
+
+def steps_in_budget(step: int, start_step: int, elapsed_s: float, budget_s: float, total_steps: int) -> int:
+    """The step count a time-budgeted run is heading for at its pace so far (``start_step`` -> ``step`` in
+    ``elapsed_s``): what its progress bar counts towards, so that the bar's estimate of the time left is the
+    budget's, not that of the epochs no budget will reach. Never below ``step``, never above ``total_steps``."""
+    if step <= start_step or elapsed_s <= 0:
+        return total_steps
+    pace = (step - start_step) / elapsed_s
+    return max(step, min(total_steps, round(step + pace * max(0.0, budget_s - elapsed_s))))
 
 
 def _recalibrate(cfg: TrainConfig, model: SequenceModel, ema: WeightAverage, data: _DeviceData, n: int,

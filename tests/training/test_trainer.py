@@ -180,14 +180,34 @@ def test_lr_schedule_follows_the_time_budget(tmp_path, procedural_h5, monkeypatc
         return clock["t"]
 
     monkeypatch.setattr(trainer_mod.time, "time", fake_time)
+    bars = []
+
+    def recording_tqdm(*args, **kwargs):
+        bars.append((kwargs.get("desc", ""), real_tqdm(*args, **kwargs)))
+        return bars[-1][1]
+
+    real_tqdm = trainer_mod.tqdm
+    monkeypatch.setattr(trainer_mod, "tqdm", recording_tqdm)
     res = _run(tmp_path, procedural_h5, max_steps=10_000, max_minutes=0.1, log_every=1, lr=1e-3,
                lr_schedule="linear", min_lr_ratio=0.2)
     assert 5 < res.step < 100
+    # the progress bar counted towards the steps the budget allowed, not towards the 10,000
+    ((desc, bar),) = [b for b in bars if b[0].startswith("train")]
+    assert "0.1 min budget" in desc and bar.total == res.step
     lrs = _lrs(res.run_dir)
     assert lrs[0] == pytest.approx(1e-3) and all(a > b for a, b in zip(lrs, lrs[1:]))
     assert lrs[-1] <= 0.35e-3  # the last steps run near min_lr_ratio * lr
     # the steps alone would have left the rate near its start
     assert lrs[len(lrs) // 2] < 0.75e-3
+
+
+def test_steps_in_budget_extrapolates_the_pace():
+    steps_in_budget = trainer_mod.steps_in_budget
+    assert steps_in_budget(100, 0, 60.0, 600.0, 100_000) == 1000  # 100 steps a minute, ten minutes
+    assert steps_in_budget(150, 100, 30.0, 600.0, 100_000) == 1100  # a resumed run: its own pace
+    assert steps_in_budget(500, 0, 60.0, 600.0, 2_000) == 2_000  # the steps end first
+    assert steps_in_budget(100, 0, 700.0, 600.0, 100_000) == 100  # past the budget: this step is the last
+    assert steps_in_budget(0, 0, 0.0, 600.0, 5_000) == 5_000  # no pace yet
 
 
 def test_existing_run_folder(tmp_path, procedural_h5):
