@@ -522,9 +522,8 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
                 elapsed_s = float(slowest)
             timeout = cfg.max_minutes is not None and elapsed_s > 60 * cfg.max_minutes
             done = (step - start_step) / max(1, total_steps - start_step)
-            if cfg.max_minutes is not None:
-                done = max(done, elapsed_s / (60 * cfg.max_minutes))
             if cfg.max_minutes is not None:  # the bar counts towards the steps the budget will allow
+                done = max(done, elapsed_s / (60 * cfg.max_minutes))
                 bar.total = steps_in_budget(step, start_step, elapsed_s, 60 * cfg.max_minutes, total_steps)
             lr_progress = min(1.0, lr_progress0 + (1.0 - lr_progress0) * done)
             lr_now = cfg.lr * _set_lr(optimizers, base_lr, cfg, lr_progress)
