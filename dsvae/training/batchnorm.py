@@ -30,12 +30,14 @@ def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
                           forward: Callable[[Mapping[str, torch.Tensor]], object] | None = None,
-                          autocast_dtype: torch.dtype | None = None, progress: bool = False) -> int:
+                          autocast_dtype: torch.dtype | None = None, progress: bool = False,
+                          total: int | None = None) -> int:
     """Replace every batch-norm layer's running mean and variance by their average over ``batches``.
 
     ``forward(batch)`` runs the model in training mode on one batch (default: ``model(batch,
     phase=model.phases[0])``, the first loss phase). Runs under autocast when ``autocast_dtype`` is
-    given. The layers' momentum and the model's training flag are restored afterwards. Returns the
+    given; ``total`` (the number of batches, when ``batches`` is a generator) sizes the progress bar. The
+    layers' momentum and the model's training flag are restored afterwards. Returns the
     number of batches used (0 when the model has no batch norm; then nothing runs).
     """
     layers = batchnorm_layers(model)
@@ -57,7 +59,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[Mapping[str, torch
     model.train()
     used = 0
     try:
-        for batch in tqdm(batches, desc="recalibrate batch norm", unit="batch", disable=not progress,
+        for batch in tqdm(batches, desc="recalibrate batch norm", unit="batch", total=total, disable=not progress,
                           dynamic_ncols=True):
             with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
                 forward(batch)

@@ -575,7 +575,8 @@ def _recalibrate(cfg: TrainConfig, model: SequenceModel, ema: WeightAverage, dat
     show = cfg.progress and info.main
     # the augmentations draw random numbers: leave the run's generators where training left them
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        recalibrate_state(model, ema.state, batches(), autocast_dtype=autocast_dtype, progress=show)
+        recalibrate_state(model, ema.state, batches(), autocast_dtype=autocast_dtype, progress=show,
+                          total=cfg.bn_recalibrate)
 
 
 # ----------------------------------------------------------------------------------
