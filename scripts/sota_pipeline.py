@@ -228,7 +228,7 @@ def run_variant(name: str, args: argparse.Namespace, out: Path, data: Path, judg
                 max_minutes=args.minutes, epochs=epochs, max_steps=args.max_steps, amp=args.amp,
                 channels_last=not args.no_channels_last,
                 lr=args.lr, lr_schedule=args.lr_schedule, lr_decay_end=args.lr_decay_end, ema_decay=args.ema_decay,
-                bn_recalibrate=args.bn_recalibrate, batch_size=args.batch_size,
+                bn_recalibrate=args.bn_recalibrate, polish_minutes=args.polish_minutes, batch_size=args.batch_size,
                 seed=args.seed, progress=not args.quiet, overwrite=True, sample_every=args.sample_every)
     log(f"{name}: {res.step} steps in {res.seconds:.0f} s; last metrics {res.metrics}")
     # the run folder, not res.model: its weight average when it kept one (what dsvae.load gives)
@@ -239,6 +239,7 @@ def run_variant(name: str, args: argparse.Namespace, out: Path, data: Path, judg
                           "lr_schedule": resolved["lr_schedule"],
                           "lr_decay_end": resolved["lr_decay_end"], "ema_decay": resolved["ema_decay"],
                           "bn_recalibrate": resolved.get("bn_recalibrate", 0),
+                          "polish_minutes": resolved.get("polish_minutes", 0), "polished": res.polished,
                           "data": str(train_data or data), "mix": args.mix,
                           "seconds": res.seconds, "minutes_budget": args.minutes, "run_dir": str(run_dir),
                           "final_metrics": res.metrics, "torch_threads": torch.get_num_threads(),
@@ -333,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bn-recalibrate", type=int, metavar="N",
                    help="recompute the weight average's batch-norm statistics over N training batches after "
                         "training (default: the preset's; 0 = off)")
+    p.add_argument("--polish-minutes", type=float, metavar="M",
+                   help="after training, refit the decoder of the evaluated weights to the posterior means for M "
+                        "minutes (dsvae polish; default: the preset's, 0 = off); not part of --minutes")
     p.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
     p.add_argument("--amp", default="bf16", help="training autocast: bf16 (default) or off")
     p.add_argument("--no-channels-last", action="store_true",

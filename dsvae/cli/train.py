@@ -40,6 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="after training, recompute the batch-norm statistics of the weight average (--ema-decay) "
                         "over N training batches (forward passes only; 0 = off, the default unless the preset "
                         "sets one). Also on a finished run: --resume --max-steps <its step>")
+    p.add_argument("--polish-minutes", type=float, metavar="M",
+                   help="after training, refit the decoder of the weight average (or of the trained weights when "
+                        "none is kept) to the posterior means for M minutes (0 = off, the default; see dsvae "
+                        "polish). One process only")
     p.add_argument("--grad-clip", type=float, help="gradient norm clip, 0 = off (default 5)")
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
@@ -93,7 +97,7 @@ def _train(args: argparse.Namespace) -> int:
         model_config=model_config or None, epochs=args.epochs, max_steps=args.max_steps,
         max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip,
         lr_schedule=args.lr_schedule, min_lr_ratio=args.min_lr_ratio, lr_decay_end=args.lr_decay_end,
-        ema_decay=args.ema_decay, bn_recalibrate=args.bn_recalibrate,
+        ema_decay=args.ema_decay, bn_recalibrate=args.bn_recalibrate, polish_minutes=args.polish_minutes,
         device=args.device, amp=args.amp, seed=args.seed, limit=args.limit, resident=False if args.lazy else None,
         log_every=args.log_every, checkpoint_every=args.checkpoint_every, sample_every=sample_every,
         tensorboard=args.tensorboard or None, channels_last=args.channels_last or None,
@@ -104,5 +108,9 @@ def _train(args: argparse.Namespace) -> int:
         terms = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if k in ("loss", "recon", "kl_f", "kl_z"))
         recal = (f"; batch-norm statistics recomputed over {result.bn_recalibrated} batches"
                  if result.bn_recalibrated else "")
-        print(f"trained {result.step} steps in {result.seconds:.0f} s ({terms}){recal}; run folder: {result.run_dir}")
+        done = result.polished
+        polish = (f"; decoder polished for {done['steps']} steps (reconstruction {done['loss_start']:.4g} -> "
+                  f"{done['loss_end']:.4g})" if done else "")
+        print(f"trained {result.step} steps in {result.seconds:.0f} s ({terms}){recal}{polish}; "
+              f"run folder: {result.run_dir}")
     return 0

@@ -129,6 +129,8 @@ def _load_model(run: Any, device: torch.device, weights: str = "auto") -> tuple[
             "model_config": ckpt.get("model_config", {}), "step": ckpt.get("step"), "weights": used}
     if "bn_recalibrated" in ckpt:  # dsvae train --bn-recalibrate: batch-norm statistics recomputed at the end
         info["bn_recalibrated"] = ckpt["bn_recalibrated"]
+    if ckpt.get("polished", {}).get("weights") == used:  # dsvae polish: the judged weights' decoder was refit
+        info["polished"] = ckpt["polished"]
     return model.to(device).eval(), info, True
 
 

@@ -105,6 +105,11 @@ class FrameDecoder(nn.Module):
                 nn.init.zeros_(lin.weight)
                 nn.init.zeros_(lin.bias)
 
+    def input_layers(self) -> list[nn.Module]:
+        """The layers that read the codes (and the conditioning vector) themselves: the first transposed
+        convolution and the FiLM maps."""
+        return [self.net[0]] + ([self.film] if self.film is not None else [])
+
     def forward(self, codes: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         h = codes[:, :, None, None]
         if self.film is None:

@@ -11,6 +11,7 @@ Data-parallel runs use ``torchrun``: ``torchrun --nproc_per_node N -m dsvae trai
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -34,12 +35,13 @@ from dsvae.models.presets import get_preset
 from dsvae.training import checkpoint as ckpt_io
 from dsvae.training.batchnorm import batchnorm_layers, recalibrate_state
 from dsvae.training.ema import WeightAverage
+from dsvae.training.polish import polish_decoder
 from dsvae.training.runtime import apply_cpu_allocator_settings, speed_up
 
 #: Options that may change when a run is resumed; everything else comes from the saved run.
 RESUMABLE = ("epochs", "max_steps", "max_minutes", "device", "amp", "resident", "workers", "progress", "log_every",
              "checkpoint_every", "sample_every", "keep_checkpoints", "tensorboard", "channels_last", "compile",
-             "ema_decay", "bn_recalibrate")
+             "ema_decay", "bn_recalibrate", "polish_minutes")
 #: Options of a call that name the run itself rather than how it trains.
 _RUN_NAMING = ("data", "out", "resume", "overwrite")
 
@@ -64,6 +66,8 @@ class TrainConfig:
     ema_decay: float | None = None  # None: the preset's, else 0 = no weight average
     bn_recalibrate: int | None = None  # batches to recompute the weight average's batch-norm statistics with at the end;
     # None: the preset's, else 0 (off)
+    polish_minutes: float | None = None  # after training, refit the decoder (of the weight average, when kept) to the
+    # posterior means for this long (dsvae.training.polish); None: the preset's, else 0 (off)
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     device: str = "auto"
@@ -96,6 +100,7 @@ class TrainResult:
     model: SequenceModel
     seconds: float
     bn_recalibrated: int = 0  # batches the batch-norm statistics were recomputed over at the end (0: not done)
+    polished: dict[str, Any] | None = None  # the decoder polish's record (None: not done, or not on this rank)
 
 
 # ----------------------------------------------------------------------------------
@@ -194,6 +199,8 @@ def _resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
         values["lr_schedule"] = "constant"
     if values["ema_decay"] is None:
         values["ema_decay"] = 0.0
+    if values["polish_minutes"] is None:
+        values["polish_minutes"] = 0.0
     if values["bn_recalibrate"] is None or (not asked_recalibrate and not values["ema_decay"]):
         values["bn_recalibrate"] = 0  # a preset's recalibration applies to its weight average, when one is kept
     resolved = TrainConfig(**values)
@@ -209,6 +216,8 @@ def _resolve_config(cfg: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     if resolved.bn_recalibrate and not resolved.ema_decay:
         raise DsvaeError("bn_recalibrate recomputes the batch-norm statistics of the weight average; this run keeps "
                          "none (add --ema-decay, e.g. 0.998)")
+    if not isinstance(resolved.polish_minutes, (int, float)) or resolved.polish_minutes < 0:
+        raise DsvaeError(f"polish_minutes must be >= 0 (0 = off), got {resolved.polish_minutes!r}")
     if resolved.sample_every < 0 or resolved.grad_clip < 0 or resolved.keep_checkpoints < 0:
         raise DsvaeError("sample_every, grad_clip and keep_checkpoints must be >= 0")
     lr_factor(resolved.lr_schedule, 0.0, resolved.min_lr_ratio)  # a clear error for an unknown schedule
@@ -408,6 +417,9 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
     if not cfg.data:
         raise DsvaeError("a data set is needed (--data FILE.h5)")
     cfg, model_cfg = _resolve_config(cfg)
+    if cfg.polish_minutes and info.world > 1:
+        raise DsvaeError("--polish-minutes runs in one process; train without it and polish the finished run "
+                         "with `dsvae polish --run RUN --data DATA`")
     if state is not None:
         model_cfg = state["model_config"]
 
@@ -539,16 +551,24 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
         bar.close()
         if tb is not None:
             tb.close()
-    recalibrated = cfg.bn_recalibrate if ema is not None and batchnorm_layers(model) else 0
+    # a finished, polished run resumed without new steps keeps its weights as they are
+    finishing = not (state is not None and "polished" in state and step == start_step)
+    recalibrated = cfg.bn_recalibrate if finishing and ema is not None and batchnorm_layers(model) else 0
     if recalibrated:
         _recalibrate(cfg, model, ema, data, len(ds), local_batch, info, device, autocast_dtype)
         if info.main:
             _save(run_dir, cfg, model, optimizers, step, epoch, metrics, lr_progress, ema,
-                  bn_recalibrated=cfg.bn_recalibrate)
+                  bn_recalibrated=recalibrated)
+    polished = None
+    if finishing and cfg.polish_minutes and info.main:  # one process polishes; the others wait at the barrier
+        polished = _polish(cfg, model, ema, ds, autocast_dtype)
+        # into last.pt only: the step's periodic checkpoint keeps the unpolished weights
+        _save(run_dir, cfg, model, optimizers, step, epoch, metrics, lr_progress, ema,
+              bn_recalibrated=recalibrated, polished=polished, periodic=False)
     if info.world > 1:
         dist.barrier()
     model.eval()
-    return TrainResult(run_dir, info.rank, step, metrics, model, time.time() - t_start, recalibrated)
+    return TrainResult(run_dir, info.rank, step, metrics, model, time.time() - t_start, recalibrated, polished)
 
 
 def steps_in_budget(step: int, start_step: int, elapsed_s: float, budget_s: float, total_steps: int) -> int:
@@ -579,6 +599,23 @@ def _recalibrate(cfg: TrainConfig, model: SequenceModel, ema: WeightAverage, dat
                           total=cfg.bn_recalibrate)
 
 
+def _polish(cfg: TrainConfig, model: SequenceModel, ema: WeightAverage | None, ds: SpritesDataset,
+            autocast_dtype: torch.dtype | None) -> dict[str, Any]:
+    """Polish the decoder of the weights the run is judged with (the weight average when kept, else the trained
+    weights, in place) for ``cfg.polish_minutes``; returns the record the checkpoint keeps."""
+    target = model
+    if ema is not None:
+        target = copy.deepcopy(model)
+        target.load_state_dict(ema.state)
+    result = polish_decoder(target, ds, minutes=cfg.polish_minutes, autocast_dtype=autocast_dtype, seed=cfg.seed,
+                            progress=cfg.progress)
+    if ema is not None:
+        with torch.no_grad():
+            for k, v in target.state_dict().items():
+                ema.state[k].copy_(v)
+    return result.record("ema" if ema is not None else "raw", cfg.data)
+
+
 # ----------------------------------------------------------------------------------
 # outputs
 # ----------------------------------------------------------------------------------
@@ -600,7 +637,8 @@ def _write_config(run_dir: Path, cfg: TrainConfig, model: SequenceModel, info: D
 
 def _save(run_dir: Path, cfg: TrainConfig, model: SequenceModel, optimizers: Mapping[str, torch.optim.Optimizer],
           step: int, epoch: int, metrics: Mapping[str, float], lr_progress: float,
-          ema: WeightAverage | None = None, bn_recalibrated: int = 0) -> None:
+          ema: WeightAverage | None = None, bn_recalibrated: int = 0,
+          polished: Mapping[str, Any] | None = None, periodic: bool = True) -> None:
     payload = {
         "dsvae_version": __version__,
         "model_type": model.model_type,
@@ -618,9 +656,11 @@ def _save(run_dir: Path, cfg: TrainConfig, model: SequenceModel, optimizers: Map
         payload["ema"] = ema.state_dict()
     if bn_recalibrated:  # the weight average's batch-norm statistics were recomputed at this step
         payload["bn_recalibrated"] = {"batches": int(bn_recalibrated), "step": step}
+    if polished:  # the decoder of the judged weights was refit to the posterior means at this step
+        payload["polished"] = dict(polished)
     folder = run_dir / "checkpoints"
     ckpt_io.save_checkpoint(folder / ckpt_io.LAST, payload)
-    if cfg.keep_checkpoints:
+    if cfg.keep_checkpoints and periodic:
         ckpt_io.save_checkpoint(folder / f"step_{step:07d}.pt", payload)
         periodic = sorted(folder.glob("step_*.pt"))
         for old in periodic[:-cfg.keep_checkpoints]:

@@ -9,7 +9,7 @@ def test_pipeline_with_colour_mixing_writes_the_table(procedural_h5, tiny_judge,
     args = ["--out", str(out), "--data", "procedural", "--data-file", str(procedural_h5),
             "--judge", str(tiny_judge.path), "--preset", "tiny", "--max-steps", "2", "--variants", "all",
             "--mix", "colours", "--eval-limit", "18", "--repeats", "1", "--lr-schedule", "cosine",
-            "--lr-decay-end", "0.5", "--quiet"]
+            "--lr-decay-end", "0.5", "--ema-decay", "0.9", "--polish-minutes", "0.005", "--quiet"]
     assert pipeline.main(args) == 0
     table = (out / "RESULTS.md").read_text()
     assert "SKD" in table and "| all |" in table and "no labels used" in table and "--mix colours" in table
@@ -20,6 +20,9 @@ def test_pipeline_with_colour_mixing_writes_the_table(procedural_h5, tiny_judge,
     assert report["training"]["data"] == str(mixed) and report["training"]["steps"] == 2
     assert report["training"]["lr_schedule"] == "cosine" and report["training"]["lr_decay_end"] == 0.5
     assert json.loads((out / "runs" / "all" / "config.json").read_text())["train"]["lr_schedule"] == "cosine"
+    # the decoder of the evaluated weight average was polished after training, and the report says so
+    assert report["training"]["polish_minutes"] == 0.005 and report["training"]["polished"]["weights"] == "ema"
+    assert report["model"]["polished"]["steps"] == report["training"]["polished"]["steps"] >= 1
     assert report["n_videos"] == 18 and report["dynamic"]["status"] == "ok"
     assert 0.0 <= report["dynamic"]["action_accuracy"]["mean"] <= 1.0
     # a bad variant name is a clear error before any work

@@ -1,0 +1,166 @@
+import pytest
+import torch
+
+import dsvae
+from dsvae.cli import main
+from dsvae.data.dataset import SpritesDataset
+from dsvae.errors import DsvaeError
+from dsvae.models import build_model
+from dsvae.models.base import reconstruction_loss
+from dsvae.training.checkpoint import load_checkpoint, model_weights
+from dsvae.training.polish import polish_decoder, polish_run, posterior_means
+from dsvae.training.trainer import train
+
+FAST = dict(preset="tiny", limit=64, batch_size=8, sample_every=0, progress=False, log_every=5)
+
+
+@pytest.fixture
+def tiny_data(procedural_h5):
+    ds = SpritesDataset(procedural_h5, "train", image_size=16, limit=64)
+    yield ds
+    ds.close()
+
+
+def _mean_decode_error(model, ds):
+    f, z = posterior_means(model, ds)
+    with torch.no_grad():
+        return float(reconstruction_loss(model.decode(f, z), ds.batch(torch.arange(len(ds)))["x"], "mse").mean())
+
+
+def test_polish_lowers_the_mean_decode_error_and_touches_only_the_decoder(tiny_data):
+    torch.manual_seed(0)
+    model = build_model("cdsvae", {"image_size": 16, "widths": (8, 16), "feature_dim": 16, "hidden_dim": 16,
+                                   "prior_hidden_dim": 16, "f_dim": 8, "z_dim": 4}).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    error_before = _mean_decode_error(model, tiny_data)
+    result = polish_decoder(model, tiny_data, steps=40, lr=3e-3, batch_size=16, bn_batches=4)
+    assert result.steps == 40 and result.bn_batches == 4 and result.loss_end < result.loss_start
+    assert _mean_decode_error(model, tiny_data) < 0.8 * error_before
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("decoder.") for k in changed)
+    assert "decoder.net.0.weight" not in changed  # the layer that reads the codes stays as trained
+    assert any("running_mean" in k for k in changed)  # the decoder's batch-norm statistics were recomputed
+    assert not model.training and all(p.requires_grad for p in model.parameters())  # nothing left frozen
+    polish_decoder(model, tiny_data, steps=2, bn_batches=0, keep_input_layers=False)
+    assert not torch.equal(model.state_dict()["decoder.net.0.weight"], before["decoder.net.0.weight"])
+
+
+def test_the_input_layers_include_the_film_maps():
+    from dsvae.models.blocks import FrameDecoder
+
+    plain = FrameDecoder((8, 16), 12)
+    film = FrameDecoder((8, 16), 12, cond_dim=8, film_blocks=1)
+    assert plain.input_layers() == [plain.net[0]]
+    assert film.input_layers() == [film.net[0], film.film]
+
+
+def test_polish_stops_at_its_time_budget(tiny_data, monkeypatch):
+    from dsvae.training import polish as polish_mod
+
+    clock = iter(range(0, 10_000, 30))  # every call to time.time() is 30 s later
+    monkeypatch.setattr(polish_mod.time, "time", lambda: float(next(clock)))
+    model = build_model("dsvae", {"image_size": 16, "widths": (8, 16), "feature_dim": 16, "hidden_dim": 16,
+                                  "prior_hidden_dim": 16, "f_dim": 8, "z_dim": 4})
+    result = polish_decoder(model, tiny_data, minutes=2, bn_batches=0)
+    assert 1 <= result.steps <= 4 and result.bn_batches == 0
+
+
+def test_polish_refuses_bad_budgets_and_models_without_a_decoder(tiny_data):
+    model = build_model("dsvae", {"image_size": 16, "widths": (8, 16), "f_dim": 8, "z_dim": 4, "feature_dim": 16,
+                                  "hidden_dim": 16, "prior_hidden_dim": 16})
+    for kwargs in ({}, {"minutes": 0}, {"steps": 0}, {"steps": 2, "lr": 0}):
+        with pytest.raises(DsvaeError):
+            polish_decoder(model, tiny_data, **kwargs)
+    del model.decoder
+    with pytest.raises(DsvaeError, match="no decoder"):
+        polish_decoder(model, tiny_data, steps=1)
+
+
+def test_polish_run_writes_the_weight_average_back_once(tmp_path, procedural_h5):
+    run = train(data=str(procedural_h5), out=str(tmp_path / "run"), max_steps=8, ema_decay=0.9, **FAST).run_dir
+    before = load_checkpoint(run)
+    done = polish_run(run, procedural_h5, steps=5, bn_batches=2, progress=False)
+    assert done["weights"] == "ema" and done["steps"] == 5 and done["checkpoint"].endswith("last.pt")
+    after = load_checkpoint(run)
+    assert after["polished"]["steps"] == 5 and after["polished"]["weights"] == "ema"
+    changed = {k for k, v in after["ema"]["weights"].items() if not torch.equal(v, before["ema"]["weights"][k])}
+    assert changed and all(k.startswith("decoder.") for k in changed)
+    assert all(torch.equal(v, before["model"][k]) for k, v in after["model"].items())  # trained weights untouched
+    assert after["step"] == before["step"] and after["optimizers"].keys() == before["optimizers"].keys()
+    # the periodic checkpoint of the same step keeps the unpolished weights
+    periodic = load_checkpoint(run / "checkpoints" / "step_0000008.pt")
+    assert "polished" not in periodic
+    assert all(torch.equal(v, before["ema"]["weights"][k]) for k, v in periodic["ema"]["weights"].items())
+    loaded = dsvae.load(run)
+    assert all(torch.equal(v, after["ema"]["weights"][k]) for k, v in loaded.state_dict().items())
+    with pytest.raises(DsvaeError, match="already polished"):
+        polish_run(run, procedural_h5, steps=5, progress=False)
+
+
+def test_polish_run_without_a_weight_average_polishes_the_trained_weights(tmp_path, procedural_h5):
+    run = train(data=str(procedural_h5), out=str(tmp_path / "run"), max_steps=4, **FAST).run_dir
+    before = load_checkpoint(run)
+    assert polish_run(run, procedural_h5, steps=3, bn_batches=1, progress=False)["weights"] == "raw"
+    after = load_checkpoint(run)
+    changed = {k for k, v in after["model"].items() if not torch.equal(v, before["model"][k])}
+    assert "ema" not in after and changed and all(k.startswith("decoder.") for k in changed)
+
+
+def test_trainer_polishes_at_the_end_and_not_again_on_resume(tmp_path, procedural_h5):
+    kw = dict(data=str(procedural_h5), out=str(tmp_path / "run"), max_steps=6, ema_decay=0.9, bn_recalibrate=2, **FAST)
+    result = train(polish_minutes=0.01, **kw)
+    assert result.polished is not None and result.polished["weights"] == "ema" and result.polished["steps"] >= 1
+    ckpt = load_checkpoint(result.run_dir)
+    assert ckpt["polished"]["steps"] == result.polished["steps"] and ckpt["bn_recalibrated"]["batches"] == 2
+    periodic = load_checkpoint(result.run_dir / "checkpoints" / "step_0000006.pt")  # recalibrated, not polished
+    assert "polished" not in periodic and periodic["bn_recalibrated"]["batches"] == 2
+    assert _changed(periodic["ema"]["weights"], ckpt["ema"]["weights"]) == {"decoder"}
+    # the returned model is the trained one; the polished weight average is what dsvae.load gives
+    loaded = dsvae.load(result.run_dir)
+    assert all(torch.equal(v, ckpt["ema"]["weights"][k]) for k, v in loaded.state_dict().items())
+    # resumed without new steps: neither recalibrated nor polished again, the weights stay
+    again = train(resume=True, polish_minutes=0.01, **{**kw, "max_steps": 6})
+    assert again.polished is None and again.bn_recalibrated == 0
+    kept = model_weights(load_checkpoint(again.run_dir))[0]
+    assert all(torch.equal(v, ckpt["ema"]["weights"][k]) for k, v in kept.items())
+    with pytest.raises(DsvaeError, match="polish_minutes"):
+        train(polish_minutes=-1, **{**kw, "out": str(tmp_path / "bad")})
+
+
+def test_cli_polish(tmp_path, procedural_h5, capsys):
+    run = train(data=str(procedural_h5), out=str(tmp_path / "run"), max_steps=4, ema_decay=0.9, **FAST).run_dir
+    assert main(["polish", "--run", str(run), "--data", str(procedural_h5), "--steps", "3", "--bn-batches", "1",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "polished the decoder of the weight average: 3 steps" in out
+    assert load_checkpoint(run)["polished"]["steps"] == 3
+    assert main(["polish", "--run", str(run), "--data", str(procedural_h5), "--steps", "3", "--quiet"]) == 2
+    assert "already polished" in capsys.readouterr().err
+    assert main(["polish", "--run", str(tmp_path / "missing"), "--data", str(procedural_h5), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def _changed(before, after):
+    """The top-level modules with a tensor that differs between two state dicts."""
+    return {k.split(".")[0] for k, v in after.items() if not torch.equal(v, before[k])}
+
+
+def test_cli_train_with_a_polish(tmp_path, procedural_h5, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "cdsvae", "--preset", "tiny", "--data", str(procedural_h5), "--out", str(out),
+                 "--max-steps", "3", "--limit", "32", "--batch-size", "8", "--sample-every", "0", "--ema-decay", "0.9",
+                 "--polish-minutes", "0.005", "--quiet"]) == 0
+    assert "; decoder polished for" in capsys.readouterr().out
+    ckpt = load_checkpoint(out)
+    assert ckpt["polished"]["weights"] == "ema" and ckpt["train_config"]["polish_minutes"] == 0.005
+
+
+def test_eval_records_the_polish_of_the_judged_weights(tmp_path, procedural_h5, tiny_judge):
+    from dsvae.evaluation.protocol import evaluate
+
+    run = train(data=str(procedural_h5), out=str(tmp_path / "run"), max_steps=4, ema_decay=0.9, **FAST).run_dir
+    polish_run(run, procedural_h5, steps=2, bn_batches=1, progress=False)
+    average = evaluate(run, tiny_judge.path, procedural_h5, repeats=1, limit=20, progress=False)
+    assert average["model"]["weights"] == "ema" and average["model"]["polished"]["steps"] == 2
+    trained = evaluate(run, tiny_judge.path, procedural_h5, repeats=1, limit=20, weights="raw", progress=False)
+    assert trained["model"]["weights"] == "raw" and "polished" not in trained["model"]
