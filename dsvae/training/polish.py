@@ -100,7 +100,7 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
         raise DsvaeError(f"{type(model).__name__} has no decoder module to polish")
     if len(ds) == 0:
         raise DsvaeError("the polish needs at least one training sequence")
-    from dsvae.training.trainer import steps_in_budget
+    from dsvae.training.trainer import lr_factor, steps_in_budget
 
     device = next(model.parameters()).device
     kind = getattr(model.config, "recon_loss", "mse")
@@ -136,7 +136,7 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
                 break
             done = max(len(losses) / steps if steps else 0.0, elapsed / budget_s)
             for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+                group["lr"] = lr * lr_factor("cosine", done, 0.0)
             idx = torch.randint(0, len(ds), (min(batch_size, len(ds)),), generator=g)
             x = ds.batch(idx)["x"].to(device)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
