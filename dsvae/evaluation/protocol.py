@@ -112,19 +112,14 @@ def _load_model(run: Any, device: torch.device, weights: str = "auto") -> tuple[
         if hasattr(config, "to_dict"):
             info["model_config"] = config.to_dict()
         return run, info, False
-    from dsvae.models import build_model
-    from dsvae.training.checkpoint import load_checkpoint, model_weights, resolve_checkpoint
+    from dsvae.training.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
 
     file = resolve_checkpoint(run)
     ckpt = load_checkpoint(file, map_location="cpu")
     if ckpt.get("model_type") == "judge":
         raise DsvaeError(f"{run} is a judge, not a model run (pass it with --judge)")
-    if "model_type" not in ckpt or "model" not in ckpt:
-        raise DsvaeError(f"{file} has no model weights")
     # what dsvae.load(path) does, keeping the checkpoint's metadata
-    state, used = model_weights(ckpt, weights)
-    model = build_model(ckpt["model_type"], ckpt.get("model_config", {}))
-    model.load_state_dict(state)
+    model, used = model_from_checkpoint(ckpt, weights, file)
     info = {"source": str(run), "checkpoint": str(file), "model_type": ckpt["model_type"],
             "model_config": ckpt.get("model_config", {}), "step": ckpt.get("step"), "weights": used}
     if "bn_recalibrated" in ckpt:  # dsvae train --bn-recalibrate: batch-norm statistics recomputed at the end

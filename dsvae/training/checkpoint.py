@@ -78,17 +78,26 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", weig
     ``device``: a torch device or one of "auto" (CUDA when there is one), "cpu", "cuda[:N]".
     ``weights``: "auto" (the weight average when the run kept one, else the trained weights), "ema" or "raw".
     """
-    from dsvae.models import build_model
     from dsvae.training.trainer import resolve_device
 
     if isinstance(device, str):
         device = resolve_device(device)
-    ckpt = load_checkpoint(path, map_location="cpu")
-    if "model_type" not in ckpt or "model" not in ckpt:
-        raise DsvaeError(f"{resolve_checkpoint(path)} has no model weights")
-    model = build_model(ckpt["model_type"], ckpt.get("model_config", {}))
-    model.load_state_dict(model_weights(ckpt, weights)[0])
+    model, _ = model_from_checkpoint(load_checkpoint(path, map_location="cpu"), weights, resolve_checkpoint(path))
     return model.to(device).eval()
+
+
+def model_from_checkpoint(ckpt: Mapping[str, Any], weights: str = "auto",
+                          file: str | os.PathLike | None = None) -> tuple[Any, str]:
+    """(model rebuilt from a loaded checkpoint with the chosen weights, "ema" or "raw"); ``file`` names the
+    checkpoint in the error raised when it holds no model."""
+    from dsvae.models import build_model
+
+    if "model_type" not in ckpt or "model" not in ckpt:
+        raise DsvaeError(f"{file if file is not None else 'the checkpoint'} has no model weights")
+    state, used = model_weights(ckpt, weights)
+    model = build_model(ckpt["model_type"], ckpt.get("model_config", {}))
+    model.load_state_dict(state)
+    return model, used
 
 
 def rng_state() -> dict[str, Any]:

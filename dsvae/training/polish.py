@@ -185,7 +185,6 @@ def polish_run(run: str | os.PathLike, data: str | os.PathLike, minutes: float |
     file). Returns the record stored in the checkpoint under ``"polished"`` (weights "ema" or "raw",
     steps, seconds, losses, ...) plus the checkpoint file. A checkpoint is polished once; the unpolished
     weights stay in the run's periodic checkpoints."""
-    from dsvae.models import build_model
     from dsvae.training import checkpoint as ckpt_io
     from dsvae.training.trainer import amp_dtype, resolve_device
 
@@ -194,9 +193,7 @@ def polish_run(run: str | os.PathLike, data: str | os.PathLike, minutes: float |
     if "polished" in ckpt:
         raise DsvaeError(f"{file} is already polished ({ckpt['polished']['steps']} steps); the unpolished "
                          f"weights are in the run's periodic checkpoints ({file.parent / 'step_*.pt'})")
-    state, which = ckpt_io.model_weights(ckpt, "auto")
-    model = build_model(ckpt["model_type"], ckpt.get("model_config", {}))
-    model.load_state_dict(state)
+    model, which = ckpt_io.model_from_checkpoint(ckpt, "auto", file)
     dev = resolve_device(device)
     model.to(dev)
     ds = SpritesDataset(data, "train", resident=resident, image_size=model.config.image_size, progress=progress)
