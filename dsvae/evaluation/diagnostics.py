@@ -14,6 +14,12 @@ Measurements per attribute (skin, pants, top, hair), all on real test videos:
 A probe near 100% with a weak reconstruction score locates the loss in the decoder; a weak probe in
 the encoder; a good reconstruction with weak prior-dynamics scores in how the decoder handles the
 prior's dynamics. :func:`attribute_diagnostics` runs them all for every attribute.
+
+:func:`action_certainty` asks the same of the dynamic test's action scores (IS, H(y|x)): each test
+video's motion code ``z`` is decoded with static codes from :data:`F_SOURCES` (the static prior, as
+the dynamic test does; the prior's draws scaled down; another video's ``f``; its own ``f``) and the
+judge's certainty of the action is compared with its certainty on the real videos. It separates what
+the motion code gives the judge from what the sampled appearance adds or takes away.
 """
 
 from __future__ import annotations
@@ -27,13 +33,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dsvae.data.dataset import SpritesDataset
-from dsvae.data.schema import FACTORS, HEAD_CLASSES
+from dsvae.data.schema import FACTORS, HEAD_CLASSES, HEADS
 from dsvae.errors import DsvaeError, NotApplicable
+from dsvae.evaluation import metrics
 from dsvae.evaluation.judge import Judge
 from dsvae.evaluation.protocol import derangement
 
 #: The dynamics each test video's f is decoded with: its own z, another video's z, the prior's.
 Z_SOURCES = ("reconstruction", "swap", "prior")
+#: The static codes each test video's z is decoded with: the static prior's (the dynamic test's), another
+#: video's f, its own f (:func:`action_certainty` adds the prior's draws scaled by each of its ``scales``).
+F_SOURCES = ("prior", "swap", "reconstruction")
 
 
 def linear_probe(train_codes: torch.Tensor, train_labels: torch.Tensor, test_codes: torch.Tensor,
@@ -93,14 +103,14 @@ def _codes(model: nn.Module, ds: SpritesDataset, positions: torch.Tensor, batch_
 @torch.no_grad()
 def _judged(model: nn.Module, judge: Judge, f: torch.Tensor, z: torch.Tensor, batch_size: int, autocast: bool,
             device: torch.device, bar: tqdm) -> dict[str, torch.Tensor]:
-    """The judge's attribute values ``{factor: (N,)}`` of ``decode(f, z)``, in batches."""
-    judged: dict[str, list[torch.Tensor]] = {name: [] for name in FACTORS}
+    """The judge's probabilities ``{head: (N, classes)}`` (CPU, float32) of ``decode(f, z)``, in batches."""
+    judged: dict[str, list[torch.Tensor]] = {name: [] for name in HEADS}
     for s in range(0, len(f), batch_size):
         fb, zb = f[s:s + batch_size].to(device), z[s:s + batch_size].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             probs = judge.predict(model.decode(fb, zb).float())
-        for name in FACTORS:
-            judged[name].append(probs[name].argmax(-1).cpu())
+        for name in HEADS:
+            judged[name].append(probs[name].float().cpu())
         bar.update(1)
     return {k: torch.cat(v) for k, v in judged.items()}
 
@@ -160,7 +170,90 @@ def attribute_diagnostics(model: nn.Module, judge: Judge, data: str | os.PathLik
         classes = HEAD_CLASSES[name]
         out[name] = {
             "probe": linear_probe(train_f, train.attributes[pick, k], test_f, test.attributes[:, k], classes),
-            **{source: reconstruction_confusion(judged[source][name], test.attributes[:, k], classes)
+            **{source: reconstruction_confusion(judged[source][name].argmax(-1), test.attributes[:, k], classes)
                for source in judged},
         }
     return out
+
+
+def certainty_scores(probs: torch.Tensor, actions: torch.Tensor, balanced: torch.Tensor) -> dict[str, Any]:
+    """The judge's action certainty on ``probs`` (N, 9): accuracy against ``actions`` (all N); IS, H(y|x),
+    H(y), quantiles of the per-video entropy and the share of H(y|x) due to its most uncertain 1% of videos,
+    all on the ``balanced`` positions (as the dynamic test scores them)."""
+    p = probs[balanced]
+    entropy = metrics.entropy(p)
+    worst = entropy.sort(descending=True).values[:max(1, len(entropy) // 100)]
+    quantiles = torch.quantile(entropy, torch.tensor([0.5, 0.9, 0.99], dtype=entropy.dtype))
+    return {"action_accuracy": metrics.accuracy(probs.argmax(-1), actions), **metrics.action_scores(p),
+            "entropy_quantiles": {q: float(v) for q, v in zip(("50", "90", "99"), quantiles)},
+            "worst_1pct_share": float(worst.sum() / entropy.sum()) if float(entropy.sum()) > 0 else 0.0}
+
+
+def action_certainty(model: nn.Module, judge: Judge, data: str | os.PathLike, n_test: int | None = None,
+                     scales: tuple[float, ...] = (0.8,), batch_size: int = 100, amp: bool = False,
+                     device: str | torch.device = "cpu", seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Where the dynamic test's action scores come from: the judge's certainty of the action of each test
+    video's ``z`` (posterior means) decoded with static codes from each of :data:`F_SOURCES`, next to its
+    certainty on the real videos (``"real"``).
+
+    ``"prior"`` draws f with ``model.sample_static`` after ``torch.manual_seed(seed)`` (seed 0: the draw
+    of repeat 0 of ``dsvae eval``'s dynamic test); ``"prior x s"`` decodes the same draws scaled by each s
+    in ``scales`` (values in (0, 1] shrink them toward zero); for a model whose static prior is a fitted
+    mixture (``dsvae fit-prior``), ``"N(0, I)"`` also draws f from the paper's prior; ``"swap"`` takes f from another
+    test video (a seeded derangement), ``"reconstruction"`` its own. The first ``n_test`` test videos
+    (all when None) in file order are used. Returns ``{"n_test", "balanced_videos", "not_applicable",
+    "sources": {name: certainty_scores(...) + "f_norm" (the mean L2 norm of the decoded f)}}``.
+    """
+    if (n_test is not None and n_test < 2) or batch_size < 1:
+        raise DsvaeError("need n_test >= 2 (or all) and batch_size >= 1")
+    if any(not 0.0 < s <= 1.0 for s in scales):
+        raise DsvaeError(f"scales must lie in (0, 1], got {list(scales)}")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    judge = judge.to(device).eval()
+    size = getattr(getattr(model, "config", None), "image_size", None)  # frames at the model's size
+    test = SpritesDataset(data, "test", resident=False, image_size=size, limit=n_test)
+    skipped: dict[str, str] = {}
+    try:
+        n = len(test)
+        actions = torch.as_tensor(test.actions).long()
+        balanced = metrics.balanced_subset(actions)
+        per_pass = -(-n // batch_size)
+        fitted = getattr(model, "static_prior_fitted", None)  # a fitted static prior mixture (dsvae fit-prior)
+        standard = isinstance(fitted, torch.Tensor) and int(fitted) > 0
+        steps = per_pass * (1 + len(F_SOURCES) + len(scales) + int(standard))
+        with tqdm(total=steps, desc="action certainty", unit="batch", disable=not progress, leave=False) as bar, \
+                torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            f_means, z_means, real_probs = [], [], []
+            for idx in torch.arange(n).split(batch_size):
+                x = test.batch(idx)["x"].to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    post = model.encode(x)
+                    real_probs.append(judge.predict(x)["action"].float().cpu())
+                f_means.append(post.f_mean.float())
+                z_means.append(post.z_mean.float())
+                bar.update(1)
+            f_mean, z_mean = torch.cat(f_means), torch.cat(z_means)
+            codes: dict[str, torch.Tensor] = {}
+            torch.manual_seed(seed)
+            try:
+                prior = model.sample_static(n).to(device, torch.float32)
+            except NotApplicable as exc:
+                skipped["prior"] = str(exc)
+                bar.update(per_pass * (1 + len(scales)))
+            else:
+                codes["prior"] = prior
+                codes.update({f"prior x {s:g}": s * prior for s in scales})
+            if standard:  # the paper's N(0, I) beside the fitted mixture, same seed
+                torch.manual_seed(seed)
+                codes["N(0, I)"] = torch.randn(n, f_mean.shape[1], device=device)
+            codes["swap"] = f_mean[derangement(n, torch.Generator().manual_seed(seed)).to(device)]
+            codes["reconstruction"] = f_mean
+            results = {"real": certainty_scores(torch.cat(real_probs), actions, balanced)}
+            for name, f in codes.items():
+                row = certainty_scores(_judged(model, judge, f, z_mean, batch_size, amp, device, bar)["action"],
+                                       actions, balanced)
+                results[name] = {**row, "f_norm": float(f.flatten(1).norm(dim=1).mean())}
+    finally:
+        test.close()
+    return {"n_test": n, "balanced_videos": len(balanced), "not_applicable": skipped, "sources": results}

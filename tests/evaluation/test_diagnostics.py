@@ -1,6 +1,8 @@
 """Attribute diagnostics against oracles: codes that are the labels probe at 100%, constant codes at chance;
 a decoder that returns the real video is judged like the judge judges real videos under every kind of
-dynamics, one that ignores its codes is not."""
+dynamics, one that ignores its codes is not. The same oracles for the action certainty of the dynamic test."""
+
+import math
 
 import hashlib
 from dataclasses import dataclass
@@ -10,7 +12,15 @@ import torch
 
 from dsvae.data.dataset import SpritesDataset
 from dsvae.errors import DsvaeError
-from dsvae.evaluation.diagnostics import Z_SOURCES, attribute_diagnostics, linear_probe, reconstruction_confusion
+from dsvae.evaluation.diagnostics import (
+    F_SOURCES,
+    Z_SOURCES,
+    action_certainty,
+    attribute_diagnostics,
+    certainty_scores,
+    linear_probe,
+    reconstruction_confusion,
+)
 from dsvae.models.base import ModelConfig, Posterior, SequenceModel
 
 N_TRAIN, N_TEST = 400, 120
@@ -39,10 +49,12 @@ def tables(procedural_h5):
 
 
 def _lookup(videos, attrs: tuple[int, ...], motion: int) -> torch.Tensor:
-    """The test video with these attributes and motion, or (not among them) one with these attributes."""
+    """The test video with these attributes and motion, or (not among them) one with these attributes, or
+    (none) one with this motion."""
     if (*attrs, motion) in videos:
         return videos[(*attrs, motion)]
-    return next(v for k, v in videos.items() if k[:4] == attrs)
+    with_attrs = [v for k, v in videos.items() if k[:4] == attrs]
+    return with_attrs[0] if with_attrs else next(v for k, v in videos.items() if k[4] == motion)
 
 
 class Lookup(SequenceModel):
@@ -132,3 +144,73 @@ def test_diagnostics_of_a_perfect_and_a_blind_model(procedural_h5, tiny_judge, t
         assert no_prior[name]["swap"] == perfect[name]["swap"]  # same seeded partners
     with pytest.raises(DsvaeError):
         attribute_diagnostics(Blind(tables), tiny_judge.judge, procedural_h5, n_train=1, progress=False)
+
+
+class WithStaticPrior(Lookup):
+    """The perfect model with a static prior: the attributes of a random known test video."""
+
+    def sample_static(self, n):
+        keys = list(self.videos)
+        return torch.tensor([keys[i][:4] for i in torch.randint(len(keys), (n,))]).float()
+
+
+def test_certainty_scores_oracles():
+    actions = torch.arange(9).repeat(20)
+    sure = certainty_scores(torch.nn.functional.one_hot(actions, 9).float(), actions, torch.arange(180))
+    assert sure["action_accuracy"] == 1.0 and sure["h_yx"] == 0.0 and sure["worst_1pct_share"] == 0.0
+    assert sure["inception_score"] == pytest.approx(9.0) and sure["h_y"] == pytest.approx(math.log(9))
+    unsure = certainty_scores(torch.full((180, 9), 1 / 9), actions, torch.arange(180))
+    assert unsure["inception_score"] == pytest.approx(1.0) and unsure["h_yx"] == pytest.approx(math.log(9))
+    assert unsure["entropy_quantiles"]["50"] == pytest.approx(math.log(9))
+    assert unsure["worst_1pct_share"] == pytest.approx(1 / 180)  # one video of 180, all equally unsure
+    # one unsure video among sure ones carries all of H(y|x)
+    mixed = torch.nn.functional.one_hot(actions, 9).float()
+    mixed[0] = 1 / 9
+    assert certainty_scores(mixed, actions, torch.arange(180))["worst_1pct_share"] == pytest.approx(1.0)
+
+
+def test_action_certainty_of_a_perfect_and_a_blind_model(procedural_h5, tiny_judge, tables):
+    kwargs = dict(n_test=N_TEST, batch_size=50, progress=False)
+    perfect = action_certainty(WithStaticPrior(tables), tiny_judge.judge, procedural_h5, scales=(1.0, 0.5), **kwargs)
+    assert perfect["n_test"] == N_TEST and perfect["not_applicable"] == {}
+    sources = perfect["sources"]
+    assert set(sources) == {"real", "prior x 1", "prior x 0.5", *F_SOURCES}
+    real, own = sources["real"], sources["reconstruction"]
+    # decoding a video's own codes returns a real video with its motion: judged as the real videos are
+    assert own["action_accuracy"] >= real["action_accuracy"] - 0.05
+    assert own["inception_score"] == pytest.approx(real["inception_score"], rel=0.1)
+    assert sources["prior x 1"] == sources["prior"]  # the same draws, unscaled
+    assert sources["prior x 0.5"]["f_norm"] == pytest.approx(0.5 * sources["prior"]["f_norm"])
+    assert "f_norm" not in real and own["f_norm"] > 0
+    # the prior's draw depends on the seed only
+    again = action_certainty(WithStaticPrior(tables), tiny_judge.judge, procedural_h5, scales=(), **kwargs)
+    assert again["sources"]["prior"] == sources["prior"] and again["sources"]["swap"] == sources["swap"]
+    # a decoder that ignores its codes: one video for all, one action judged, IS 1
+    blind = action_certainty(Blind(tables), tiny_judge.judge, procedural_h5, scales=(), **kwargs)
+    assert set(blind["not_applicable"]) == {"prior"} and set(blind["sources"]) == {"real", "swap", "reconstruction"}
+    for source in ("swap", "reconstruction"):
+        assert blind["sources"][source]["inception_score"] == pytest.approx(1.0, abs=0.05)
+        assert blind["sources"][source]["action_accuracy"] <= 0.35
+    with pytest.raises(DsvaeError):
+        action_certainty(Blind(tables), tiny_judge.judge, procedural_h5, scales=(1.5,), progress=False)
+    with pytest.raises(DsvaeError):
+        action_certainty(Blind(tables), tiny_judge.judge, procedural_h5, n_test=1, progress=False)
+
+
+class FittedPrior(WithStaticPrior):
+    """The perfect model whose static prior counts as a fitted mixture (``static_prior_fitted`` > 0)."""
+
+    def __init__(self, tables) -> None:
+        super().__init__(tables)
+        self.register_buffer("static_prior_fitted", torch.tensor(7))
+
+
+def test_action_certainty_adds_the_standard_normal_beside_a_fitted_prior(procedural_h5, tiny_judge, tables):
+    kwargs = dict(n_test=N_TEST, batch_size=50, scales=(), progress=False)
+    plain = action_certainty(WithStaticPrior(tables), tiny_judge.judge, procedural_h5, **kwargs)["sources"]
+    fitted = action_certainty(FittedPrior(tables), tiny_judge.judge, procedural_h5, **kwargs)["sources"]
+    assert "N(0, I)" not in plain and set(fitted) == set(plain) | {"N(0, I)"}
+    assert fitted["prior"] == plain["prior"]  # the model's own draw is unchanged
+    # a perfect decoder keeps the motion under any static code
+    assert fitted["N(0, I)"]["action_accuracy"] >= fitted["real"]["action_accuracy"] - 0.05
+    assert fitted["N(0, I)"]["f_norm"] == pytest.approx(2.0, rel=0.15)  # 4 standard normal dimensions
