@@ -15,7 +15,7 @@ from typing import Sequence
 from dsvae.errors import DsvaeError
 
 #: Modules (under dsvae.cli) whose ``register(subparsers)`` adds commands, in help order.
-COMMAND_MODULES = ("data", "train", "polish", "judge", "eval", "swap", "demo", "bench", "baselines")
+COMMAND_MODULES = ("data", "train", "polish", "prior", "judge", "eval", "swap", "demo", "bench", "baselines")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,8 @@ Every evaluated video is encoded once (posterior means: deterministic in eval mo
 codes are reused by every test and repeat. Each repeat then runs three tests on all of them:
 
 - **dynamic** (does z carry the motion?): z = the posterior mean of every frame of a real
-  video, f ~ ``model.sample_static`` (one draw per video); decode and classify. ``action
+  video, f ~ ``model.sample_static`` (one draw per video: N(0, I) for the DSVAE, or the mixture fitted to
+  the training codes by ``dsvae fit-prior``, recorded as ``model.static_prior``); decode and classify. ``action
   accuracy`` = share of decoded videos whose predicted action is the source's. ``IS``,
   ``H(y|x)`` and ``H(y)`` (see :mod:`dsvae.evaluation.metrics`) use the judge's action
   probabilities on a class-balanced subset: with n = the smallest count of a source action
@@ -126,6 +127,8 @@ def _load_model(run: Any, device: torch.device, weights: str = "auto") -> tuple[
         info["bn_recalibrated"] = ckpt["bn_recalibrated"]
     if ckpt.get("polished", {}).get("weights") == used:  # dsvae polish: the judged weights' decoder was refit
         info["polished"] = ckpt["polished"]
+    if used in ckpt.get("static_prior", {}):  # dsvae fit-prior: the dynamic test's f comes from the fitted mixture
+        info["static_prior"] = ckpt["static_prior"][used]
     return model.to(device).eval(), info, True
 
 
@@ -268,6 +271,10 @@ def evaluate(
     if judge_source is not None and judge_source != data_attrs.get("source"):
         warnings.append(f"the judge was trained on '{judge_source}' data but the evaluated data is "
                         f"'{data_attrs.get('source')}'")
+    fitted = getattr(model, "static_prior_fitted", None)
+    if isinstance(fitted, torch.Tensor) and int(fitted) == 0:
+        warnings.append("the model's static prior mixture was never fitted (dsvae fit-prior): the dynamic test "
+                        "draws f from N(0, I)")
     if ds.image_size != judge_model.image_size:
         warnings.append(f"decoded {ds.image_size}x{ds.image_size} frames are resized to the judge's "
                         f"{judge_model.image_size}x{judge_model.image_size}")

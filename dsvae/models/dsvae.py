@@ -16,6 +16,14 @@ decodes that component's mean.
 ``decoder_film_blocks`` (0 in the paper) also feeds f to that many of the frame decoder's finest
 hidden blocks as a per-channel scale and shift (FiLM), so the static code can set colours near the
 output rather than only through the decoder's first layer.
+
+``static_prior_components`` (0 in the paper: f is drawn from N(0, I)) makes ``sample_static`` draw f
+from a mixture of that many diagonal Gaussians fitted after training to the posterior means of the
+training sequences (ex-post density estimation: :mod:`dsvae.training.static_prior`, ``dsvae
+fit-prior``). The ELBO keeps N(0, I) as the prior of its KL term; only the draws change. Its weights,
+means and log-variances are buffers saved with the weights; until fitted they are K copies of N(0, I),
+the same distribution as the paper's, and ``static_prior_fitted`` (the number of sequences fitted on)
+is 0.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ class DSVAEConfig(ModelConfig):
     kl_z_weight: float = 1.0
     prior_components: int = 1
     decoder_film_blocks: int = 0
+    static_prior_components: int = 0
 
     def validate(self) -> None:
         check_positive(self, "image_size", "widths", "feature_dim", "hidden_dim", "prior_hidden_dim", "f_dim", "z_dim",
@@ -70,6 +79,10 @@ class DSVAEConfig(ModelConfig):
         if not isinstance(film, int) or isinstance(film, bool) or not 0 <= film <= len(self.widths):
             raise DsvaeError(f"DSVAEConfig.decoder_film_blocks must be an integer in [0, {len(self.widths)}] "
                              f"(the decoder's hidden blocks), got {film!r}")
+        k = self.static_prior_components
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise DsvaeError(f"DSVAEConfig.static_prior_components must be an integer >= 0 (0: the N(0, I) prior), "
+                             f"got {k!r}")
         for name in ("recon_weight", "kl_f_weight", "kl_z_weight"):
             if getattr(self, name) < 0:
                 raise DsvaeError(f"DSVAEConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -104,6 +117,12 @@ class DSVAE(SequenceModel):
         self.prior_head = nn.Linear(c.prior_hidden_dim, 2 * c.z_dim * k + (k if k > 1 else 0))
         self.decoder = FrameDecoder(c.widths, c.f_dim + c.z_dim, norm=c.norm,
                                     cond_dim=c.f_dim if c.decoder_film_blocks else 0, film_blocks=c.decoder_film_blocks)
+        if c.static_prior_components:  # K copies of N(0, I) until dsvae.training.static_prior fits them
+            k = c.static_prior_components
+            self.register_buffer("static_prior_logits", torch.zeros(k))
+            self.register_buffer("static_prior_mean", torch.zeros(k, c.f_dim))
+            self.register_buffer("static_prior_logvar", torch.zeros(k, c.f_dim))
+            self.register_buffer("static_prior_fitted", torch.zeros((), dtype=torch.long))
 
     # -- inference ------------------------------------------------------------------
     def encode_features(self, feats: torch.Tensor) -> Posterior:
@@ -167,8 +186,14 @@ class DSVAE(SequenceModel):
         return -(entropy + log_p).sum(1)
 
     def sample_static(self, n: int) -> torch.Tensor:
+        """n static codes from the static prior: N(0, I), or the fitted mixture (``static_prior_components``)."""
         ref = self.f_head.weight
-        return torch.randn(n, self.config.f_dim, device=ref.device, dtype=ref.dtype)
+        noise = torch.randn(n, self.config.f_dim, device=ref.device, dtype=ref.dtype)
+        if not self.config.static_prior_components:
+            return noise
+        k = torch.multinomial(self.static_prior_logits.float().softmax(-1), n, replacement=True)
+        mean, logvar = self.static_prior_mean[k], self.static_prior_logvar[k]
+        return (mean + torch.exp(0.5 * logvar) * noise).to(ref.dtype)
 
     @torch.no_grad()
     def sample_dynamics(self, n: int, steps: int, means: bool = False) -> torch.Tensor:

@@ -36,6 +36,8 @@ from dsvae.training import checkpoint as ckpt_io
 from dsvae.training.batchnorm import batchnorm_layers, recalibrate_state
 from dsvae.training.ema import WeightAverage
 from dsvae.training.polish import polish_decoder
+from dsvae.training.static_prior import BUFFERS as STATIC_PRIOR_BUFFERS
+from dsvae.training.static_prior import fit_static_prior, reset_static_prior
 from dsvae.training.runtime import apply_cpu_allocator_settings, speed_up
 
 #: Options that may change when a run is resumed; everything else comes from the saved run.
@@ -101,6 +103,7 @@ class TrainResult:
     seconds: float
     bn_recalibrated: int = 0  # batches the batch-norm statistics were recomputed over at the end (0: not done)
     polished: dict[str, Any] | None = None  # the decoder polish's record (None: not done, or not on this rank)
+    static_prior: dict[str, Any] | None = None  # the static prior fit's records (None: not done, or not on this rank)
 
 
 # ----------------------------------------------------------------------------------
@@ -460,6 +463,11 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
     if ema is not None and state is not None and "ema" in state:
         ema.load_state_dict(state["ema"])
+    if state is not None and "static_prior" in state and step < total_steps:
+        # further training moves the codes the mixture was fitted to: N(0, I) until it is refitted at the end
+        reset_static_prior(model.state_dict())
+        if ema is not None:
+            reset_static_prior(ema.state)
     test_batch = _sample_batch(cfg, model) if info.main else None
 
     if info.world > 1:
@@ -559,16 +567,20 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
         if info.main:
             _save(run_dir, cfg, model, optimizers, step, epoch, metrics, lr_progress, ema,
                   bn_recalibrated=recalibrated)
-    polished = None
+    polished = static_prior = None
     if finishing and cfg.polish_minutes and info.main:  # one process polishes; the others wait at the barrier
         polished = _polish(cfg, model, ema, ds, autocast_dtype)
-        # into last.pt only: the step's periodic checkpoint keeps the unpolished weights
+    if finishing and getattr(model.config, "static_prior_components", 0) and info.main:
+        static_prior = _fit_static_prior(cfg, model, ema, ds, step, autocast_dtype)
+    if polished or static_prior:
+        # into last.pt only: the step's periodic checkpoint keeps the unpolished weights and the unfitted prior
         _save(run_dir, cfg, model, optimizers, step, epoch, metrics, lr_progress, ema,
-              bn_recalibrated=recalibrated, polished=polished, periodic=False)
+              bn_recalibrated=recalibrated, polished=polished, static_prior=static_prior, periodic=False)
     if info.world > 1:
         dist.barrier()
     model.eval()
-    return TrainResult(run_dir, info.rank, step, metrics, model, time.time() - t_start, recalibrated, polished)
+    return TrainResult(run_dir, info.rank, step, metrics, model, time.time() - t_start, recalibrated, polished,
+                       static_prior)
 
 
 def steps_in_budget(step: int, start_step: int, elapsed_s: float, budget_s: float, total_steps: int) -> int:
@@ -616,6 +628,24 @@ def _polish(cfg: TrainConfig, model: SequenceModel, ema: WeightAverage | None, d
     return result.record("ema" if ema is not None else "raw", cfg.data)
 
 
+def _fit_static_prior(cfg: TrainConfig, model: SequenceModel, ema: WeightAverage | None, ds: SpritesDataset,
+                      step: int, autocast_dtype: torch.dtype | None) -> dict[str, Any]:
+    """Fit the static prior mixture of the trained weights and, when kept, of the weight average (each to its own
+    encoder's codes of the training split; ``dsvae.training.static_prior``); returns the records by weight set."""
+    records = {"raw": fit_static_prior(model, ds, seed=cfg.seed, autocast_dtype=autocast_dtype,
+                                       progress=cfg.progress).record(cfg.data, step)}
+    if ema is not None:
+        target = copy.deepcopy(model)
+        target.load_state_dict(ema.state)
+        records["ema"] = fit_static_prior(target, ds, seed=cfg.seed, autocast_dtype=autocast_dtype,
+                                          progress=cfg.progress).record(cfg.data, step)
+        with torch.no_grad():
+            for k, v in target.state_dict().items():
+                if k in STATIC_PRIOR_BUFFERS:
+                    ema.state[k].copy_(v)
+    return records
+
+
 # ----------------------------------------------------------------------------------
 # outputs
 # ----------------------------------------------------------------------------------
@@ -638,7 +668,8 @@ def _write_config(run_dir: Path, cfg: TrainConfig, model: SequenceModel, info: D
 def _save(run_dir: Path, cfg: TrainConfig, model: SequenceModel, optimizers: Mapping[str, torch.optim.Optimizer],
           step: int, epoch: int, metrics: Mapping[str, float], lr_progress: float,
           ema: WeightAverage | None = None, bn_recalibrated: int = 0,
-          polished: Mapping[str, Any] | None = None, periodic: bool = True) -> None:
+          polished: Mapping[str, Any] | None = None, static_prior: Mapping[str, Any] | None = None,
+          periodic: bool = True) -> None:
     payload = {
         "dsvae_version": __version__,
         "model_type": model.model_type,
@@ -658,6 +689,8 @@ def _save(run_dir: Path, cfg: TrainConfig, model: SequenceModel, optimizers: Map
         payload["bn_recalibrated"] = {"batches": int(bn_recalibrated), "step": step}
     if polished:  # the decoder of the judged weights was refit to the posterior means at this step
         payload["polished"] = dict(polished)
+    if static_prior:  # the static prior mixture was fitted to the training codes at this step
+        payload["static_prior"] = dict(static_prior)
     folder = run_dir / "checkpoints"
     ckpt_io.save_checkpoint(folder / ckpt_io.LAST, payload)
     if cfg.keep_checkpoints and periodic:
