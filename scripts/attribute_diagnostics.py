@@ -12,13 +12,10 @@ of the weakest of the three. Calls ``dsvae.evaluation.diagnostics``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from dsvae.errors import DsvaeError
+from dsvae.cli.diagnostics import diagnostic_parser, run_diagnostic
 
 
 def confusions(matrix: list[list[int]], top: int = 3) -> str:
@@ -47,48 +44,23 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="model run folder or checkpoint")
-    p.add_argument("--judge", required=True, help="judge .pt")
-    p.add_argument("--data", required=True, help="data set .h5 (train split for the probes, test split to score)")
-    p.add_argument("--out", help="write the results here as JSON (optional)")
+    p = diagnostic_parser(__doc__, "data set .h5 (train split for the probes, test split to score)",
+                          "seed of the train-video draw, swap partners and prior dynamics")
     p.add_argument("--n-train", type=int, default=3000, help="train videos fitting the probes (default 3000)")
     p.add_argument("--n-test", type=int, default=900, help="first N test videos scored (default 900)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--amp", choices=["off", "bf16"], default="off", help="autocast of encode/decode/judge")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p.add_argument("--weights", default="auto", choices=["auto", "ema", "raw"],
-                   help="the run's weight average when it kept one (auto, default), the average (ema) or the "
-                        "raw weights")
-    p.add_argument("--seed", type=int, default=0, help="seed of the train-video draw, swap partners and prior dynamics")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    import dsvae
     from dsvae.evaluation.diagnostics import attribute_diagnostics
-    from dsvae.evaluation.judge import load_judge
-    from dsvae.io import atomic_write_text, check_output_path
-    from dsvae.training.trainer import resolve_device
 
-    try:
-        if args.out:
-            check_output_path(args.out, overwrite=True)
-        device = resolve_device(args.device)
-        model = dsvae.load(args.run, device=device, weights=args.weights)
-        judge = load_judge(args.judge, device=device)
-        raw = attribute_diagnostics(model, judge, args.data, n_train=args.n_train, n_test=args.n_test,
-                                    batch_size=args.batch_size, amp=args.amp == "bf16", device=device,
-                                    seed=args.seed, progress=not args.quiet)
-    except DsvaeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    result = {"run": str(args.run), "judge": str(args.judge), "data": str(args.data),
-              "n_train": raw.pop("n_train"), "n_test": raw.pop("n_test"), "amp": args.amp, "weights": args.weights,
-              "seed": args.seed, "not_applicable": raw.pop("not_applicable"), "attributes": raw}
-    print(table(result))
-    if args.out:
-        atomic_write_text(Path(args.out), json.dumps(result, indent=2) + "\n")
-        print(f"results written to {args.out}")
-    return 0
+    def diagnose(model, judge, device):
+        return attribute_diagnostics(model, judge, args.data, n_train=args.n_train, n_test=args.n_test,
+                                     batch_size=args.batch_size, amp=args.amp == "bf16", device=device,
+                                     seed=args.seed, progress=not args.quiet)
+
+    def report(raw: dict[str, Any]) -> dict[str, Any]:
+        return {"n_train": raw.pop("n_train"), "n_test": raw.pop("n_test"),
+                "not_applicable": raw.pop("not_applicable"), "attributes": raw}
+
+    return run_diagnostic(args, diagnose, report, table)
 
 
 if __name__ == "__main__":

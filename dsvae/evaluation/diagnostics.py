@@ -189,6 +189,15 @@ def certainty_scores(probs: torch.Tensor, actions: torch.Tensor, balanced: torch
             "worst_1pct_share": float(worst.sum() / entropy.sum()) if float(entropy.sum()) > 0 else 0.0}
 
 
+def attribute_entropy(probs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """How sure the judge is of the look: the mean entropy (nats) of each attribute head over the videos
+    ``{factor: (N, classes)}``, and their average under ``"mean"``. Near 0 for a look the judge knows; a blend
+    of two palettes is read with doubt."""
+    per = {name: float(metrics.entropy(probs[name].float()).mean()) for name in FACTORS}
+    return {"mean": sum(per.values()) / len(per), **per}
+
+
+@torch.no_grad()
 def action_certainty(model: nn.Module, judge: Judge, data: str | os.PathLike, n_test: int | None = None,
                      scales: tuple[float, ...] = (0.8,), batch_size: int = 100, amp: bool = False,
                      device: str | torch.device = "cpu", seed: int = 0, progress: bool = True) -> dict[str, Any]:
@@ -202,7 +211,8 @@ def action_certainty(model: nn.Module, judge: Judge, data: str | os.PathLike, n_
     mixture (``dsvae fit-prior``), ``"N(0, I)"`` also draws f from the paper's prior; ``"swap"`` takes f from another
     test video (a seeded derangement), ``"reconstruction"`` its own. The first ``n_test`` test videos
     (all when None) in file order are used. Returns ``{"n_test", "balanced_videos", "not_applicable",
-    "sources": {name: certainty_scores(...) + "f_norm" (the mean L2 norm of the decoded f)}}``.
+    "sources": {name: certainty_scores(...) + "attribute_entropy" (:func:`attribute_entropy`) + "f_norm" (the
+    mean L2 norm of the decoded f)}}``.
     """
     if (n_test is not None and n_test < 2) or batch_size < 1:
         raise DsvaeError("need n_test >= 2 (or all) and batch_size >= 1")
@@ -224,12 +234,15 @@ def action_certainty(model: nn.Module, judge: Judge, data: str | os.PathLike, n_
         steps = per_pass * (1 + len(F_SOURCES) + len(scales) + int(standard))
         with tqdm(total=steps, desc="action certainty", unit="batch", disable=not progress, leave=False) as bar, \
                 torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            f_means, z_means, real_probs = [], [], []
+            f_means, z_means = [], []
+            real_probs: dict[str, list[torch.Tensor]] = {name: [] for name in HEADS}
             for idx in torch.arange(n).split(batch_size):
                 x = test.batch(idx)["x"].to(device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     post = model.encode(x)
-                    real_probs.append(judge.predict(x)["action"].float().cpu())
+                    judged = judge.predict(x)
+                for name in HEADS:
+                    real_probs[name].append(judged[name].float().cpu())
                 f_means.append(post.f_mean.float())
                 z_means.append(post.z_mean.float())
                 bar.update(1)
@@ -249,11 +262,14 @@ def action_certainty(model: nn.Module, judge: Judge, data: str | os.PathLike, n_
                 codes["N(0, I)"] = torch.randn(n, f_mean.shape[1], device=device)
             codes["swap"] = f_mean[derangement(n, torch.Generator().manual_seed(seed)).to(device)]
             codes["reconstruction"] = f_mean
-            results = {"real": certainty_scores(torch.cat(real_probs), actions, balanced)}
+            real = {name: torch.cat(v) for name, v in real_probs.items()}
+            results = {"real": {**certainty_scores(real["action"], actions, balanced),
+                                "attribute_entropy": attribute_entropy(real)}}
             for name, f in codes.items():
-                row = certainty_scores(_judged(model, judge, f, z_mean, batch_size, amp, device, bar)["action"],
-                                       actions, balanced)
-                results[name] = {**row, "f_norm": float(f.flatten(1).norm(dim=1).mean())}
+                probs = _judged(model, judge, f, z_mean, batch_size, amp, device, bar)
+                results[name] = {**certainty_scores(probs["action"], actions, balanced),
+                                 "attribute_entropy": attribute_entropy(probs),
+                                 "f_norm": float(f.flatten(1).norm(dim=1).mean())}
     finally:
         test.close()
     return {"n_test": n, "balanced_videos": len(balanced), "not_applicable": skipped, "sources": results}

@@ -17,6 +17,7 @@ from dsvae.evaluation.diagnostics import (
     Z_SOURCES,
     action_certainty,
     attribute_diagnostics,
+    attribute_entropy,
     certainty_scores,
     linear_probe,
     reconstruction_confusion,
@@ -169,6 +170,19 @@ def test_certainty_scores_oracles():
     assert certainty_scores(mixed, actions, torch.arange(180))["worst_1pct_share"] == pytest.approx(1.0)
 
 
+def test_attribute_entropy_oracles():
+    from dsvae.data.schema import FACTORS
+
+    labels = torch.arange(6).repeat(10)
+    sure = attribute_entropy({name: torch.nn.functional.one_hot(labels, 6).float() for name in FACTORS})
+    assert sure == {"mean": 0.0, **{name: 0.0 for name in FACTORS}}
+    blend = {name: torch.full((60, 6), 1 / 6) for name in FACTORS}
+    blend[FACTORS[0]] = torch.tensor([0.5, 0.5, 0, 0, 0, 0]).expand(60, -1)  # two palettes at once
+    doubt = attribute_entropy(blend)
+    assert doubt[FACTORS[0]] == pytest.approx(math.log(2)) and doubt[FACTORS[1]] == pytest.approx(math.log(6))
+    assert doubt["mean"] == pytest.approx((math.log(2) + 3 * math.log(6)) / 4)
+
+
 def test_action_certainty_of_a_perfect_and_a_blind_model(procedural_h5, tiny_judge, tables):
     kwargs = dict(n_test=N_TEST, batch_size=50, progress=False)
     perfect = action_certainty(WithStaticPrior(tables), tiny_judge.judge, procedural_h5, scales=(1.0, 0.5), **kwargs)
@@ -182,6 +196,8 @@ def test_action_certainty_of_a_perfect_and_a_blind_model(procedural_h5, tiny_jud
     assert sources["prior x 1"] == sources["prior"]  # the same draws, unscaled
     assert sources["prior x 0.5"]["f_norm"] == pytest.approx(0.5 * sources["prior"]["f_norm"])
     assert "f_norm" not in real and own["f_norm"] > 0
+    # the decoded real video's look is read as surely as the real one's
+    assert own["attribute_entropy"]["mean"] == pytest.approx(real["attribute_entropy"]["mean"], abs=0.05)
     # the prior's draw depends on the seed only
     again = action_certainty(WithStaticPrior(tables), tiny_judge.judge, procedural_h5, scales=(), **kwargs)
     assert again["sources"]["prior"] == sources["prior"] and again["sources"]["swap"] == sources["swap"]
