@@ -111,6 +111,9 @@ def _train(args: argparse.Namespace) -> int:
         done = result.polished
         polish = (f"; decoder polished for {done['steps']} steps (reconstruction {done['loss_start']:.4g} -> "
                   f"{done['loss_end']:.4g})" if done else "")
-        print(f"trained {result.step} steps in {result.seconds:.0f} s ({terms}){recal}{polish}; "
+        fits = result.static_prior or {}
+        which = "trained weights and weight average" if "ema" in fits else "trained weights"
+        prior = (f"; static prior fitted ({fits['raw']['components']} components, {which})" if fits else "")
+        print(f"trained {result.step} steps in {result.seconds:.0f} s ({terms}){recal}{polish}{prior}; "
               f"run folder: {result.run_dir}")
     return 0

@@ -182,3 +182,12 @@ def test_cli_fit_prior(tmp_path, procedural_h5, capsys):
     assert "static_prior_components" in capsys.readouterr().err
     assert main(["fit-prior", "--run", str(tmp_path / "missing"), "--data", str(procedural_h5), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_train_fits_the_static_prior_at_the_end(tmp_path, procedural_h5, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "cdsvae", "--preset", "tiny", "--data", str(procedural_h5), "--out", str(out),
+                 "--max-steps", "3", "--limit", "32", "--batch-size", "8", "--sample-every", "0", "--ema-decay", "0.9",
+                 "--set", "static_prior_components=2", "--quiet"]) == 0
+    assert "; static prior fitted (2 components, trained weights and weight average)" in capsys.readouterr().out
+    assert set(load_checkpoint(out)["static_prior"]) == {"raw", "ema"}
