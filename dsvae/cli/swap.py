@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Keep the static code of a sequence and draw dynamics from the model's prior "
                                    "(--fix static; shown as the per-step means of the prior's roll-out, or its "
                                    "samples with --prior-samples), or keep its dynamics and draw static codes "
-                                   "from N(0, I) (--fix dynamic). Needs a model with a sequence prior. "
+                                   "from its static prior (--fix dynamic; N(0, I), or the mixture dsvae "
+                                   "fit-prior fitted). Needs a model with a sequence prior. "
                                    "--grid instead decodes a uniform grid over the 2-D latent plane of an "
                                    "adversarial autoencoder (z_dim 2) into one PNG.")
     m.add_argument("--data", help="data set .h5 file")

@@ -10,7 +10,8 @@ mode is restored after), so the same inputs give the same pictures.
 - :func:`swap`: rows A, B, their reconstructions, "A static + B dynamics" = decode(f_A, z_B) and
   "B static + A dynamics" = decode(f_B, z_A); or ``random_pairs=K`` pairs, one row per pair.
 - :func:`sample`: keep the static code of a sequence and draw dynamics from the model's prior
-  (``fix="static"``), or keep its dynamics and draw static codes from N(0, I) (``fix="dynamic"``).
+  (``fix="static"``), or keep its dynamics and draw static codes from its static prior (``fix="dynamic"``;
+  N(0, I), or the mixture fitted by ``dsvae fit-prior``).
   Prior dynamics are rolled out on their own samples and shown as the per-step means of that
   roll-out (``prior_means=True``, as the evaluation protocol does; ``False`` shows the samples,
   which add per-frame noise).
