@@ -38,6 +38,7 @@ from dsvae.errors import DsvaeError, NotApplicable
 from dsvae.evaluation import metrics
 from dsvae.evaluation.judge import Judge
 from dsvae.evaluation.protocol import derangement
+from dsvae.training.static_prior import fitted_sequences
 
 #: The dynamics each test video's f is decoded with: its own z, another video's z, the prior's.
 Z_SOURCES = ("reconstruction", "swap", "prior")
@@ -229,8 +230,7 @@ def action_certainty(model: nn.Module, judge: Judge, data: str | os.PathLike, n_
         actions = torch.as_tensor(test.actions).long()
         balanced = metrics.balanced_subset(actions)
         per_pass = -(-n // batch_size)
-        fitted = getattr(model, "static_prior_fitted", None)  # a fitted static prior mixture (dsvae fit-prior)
-        standard = isinstance(fitted, torch.Tensor) and int(fitted) > 0
+        standard = bool(fitted_sequences(model))  # a fitted static prior mixture (dsvae fit-prior)
         steps = per_pass * (1 + len(F_SOURCES) + len(scales) + int(standard))
         with tqdm(total=steps, desc="action certainty", unit="batch", disable=not progress, leave=False) as bar, \
                 torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

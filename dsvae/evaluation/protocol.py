@@ -61,6 +61,7 @@ from dsvae.errors import DsvaeError, NotApplicable
 from dsvae.evaluation import metrics
 from dsvae.evaluation.judge import Judge, load_judge
 from dsvae.io import atomic_write_text, check_output_path
+from dsvae.training.static_prior import fitted_sequences
 
 FORMAT = "dsvae-eval"
 FORMAT_VERSION = 1
@@ -271,8 +272,7 @@ def evaluate(
     if judge_source is not None and judge_source != data_attrs.get("source"):
         warnings.append(f"the judge was trained on '{judge_source}' data but the evaluated data is "
                         f"'{data_attrs.get('source')}'")
-    fitted = getattr(model, "static_prior_fitted", None)
-    if isinstance(fitted, torch.Tensor) and int(fitted) == 0:
+    if fitted_sequences(model) == 0:
         warnings.append("the model's static prior mixture was never fitted (dsvae fit-prior): the dynamic test "
                         "draws f from N(0, I)")
     if ds.image_size != judge_model.image_size:

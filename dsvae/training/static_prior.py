@@ -95,6 +95,13 @@ def fit_gaussian_mixture(x: torch.Tensor, components: int, iterations: int = 200
                    iterations=done, converged=converged)
 
 
+def fitted_sequences(model: nn.Module) -> int | None:
+    """How many training codes ``model``'s static prior mixture was fitted to: 0 while unfitted (K copies of
+    N(0, I)), None for a model without a mixture (the paper's N(0, I), or no static prior at all)."""
+    fitted = getattr(model, "static_prior_fitted", None)
+    return int(fitted) if isinstance(fitted, torch.Tensor) else None
+
+
 @torch.no_grad()
 def reset_static_prior(state: dict[str, torch.Tensor]) -> None:
     """Set the static prior mixture held in ``state`` (a model's ``state_dict()`` or a weight average's state,
@@ -168,7 +175,7 @@ def fit_static_prior_run(run: str | os.PathLike, data: str | os.PathLike, compon
     config = {**ckpt.get("model_config", {}), "static_prior_components": components}
     try:
         model = build_model(ckpt["model_type"], config)
-    except (TypeError, DsvaeError) as exc:
+    except DsvaeError as exc:
         raise DsvaeError(f"{ckpt['model_type']} has no static prior to fit ({exc})") from exc
     _check_model(model)
     dev = resolve_device(device)
