@@ -155,11 +155,12 @@ class _StepBench:
         self.seed, self.lr, self.grad_clip, self.frames = seed, lr, grad_clip, frames
         self.runs: dict[str, _Run] = {}
 
-    def _build(self) -> Any:
+    def _build(self, overrides: Mapping[str, Any] | None = None) -> Any:
         from dsvae.models import build_model
 
         torch.manual_seed(self.seed)
-        return build_model(self.model_name, self.model_config).to(self.device).train()
+        config = {**self.model_config, **dict(overrides or {})}
+        return build_model(self.model_name, config).to(self.device).train()
 
     def _inputs(self, model: Any, batch_size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """A fixed random batch: uint8 videos (B, T, 3, S, S) and labels, the same for every variant."""
@@ -174,12 +175,13 @@ class _StepBench:
         }
         return videos.to(self.device), {k: v.to(self.device) for k, v in labels.items()}
 
-    def setup(self, label: str, options: Mapping[str, bool], batch_size: int) -> int:
-        """Build variant ``label``; returns the model's parameter count."""
+    def setup(self, label: str, options: Mapping[str, bool], batch_size: int,
+              overrides: Mapping[str, Any] | None = None) -> int:
+        """Build variant ``label`` (the model config with ``overrides``); returns the model's parameter count."""
         from dsvae.training.runtime import speed_up
         from dsvae.training.trainer import build_optimizers
 
-        model = self._build()
+        model = self._build(overrides)
         wrapped = speed_up(model, channels_last=options["channels_last"], compile=options["compile"])
         optimizers = build_optimizers(model, self.lr)
         videos, labels = self._inputs(model, batch_size)
@@ -228,13 +230,13 @@ class _StepBench:
             peak = max(peak, current)
         return base + peak
 
-    def flops_per_sequence(self, batch_size: int = 2) -> float:
+    def flops_per_sequence(self, batch_size: int = 2, overrides: Mapping[str, Any] | None = None) -> float:
         """Float32 operations of one training step (forward and backward) per sequence."""
         from torch.utils.flop_counter import FlopCounterMode
 
         from dsvae.training.trainer import build_optimizers
 
-        model = self._build()
+        model = self._build(overrides)
         videos, labels = self._inputs(model, batch_size)
         batch = {"x": to_float(videos), **labels}
         counter = FlopCounterMode(display=False)
@@ -439,10 +441,14 @@ def benchmark(
     markdown: str | os.PathLike | None = None,
     overwrite: bool = False,
     command: str | None = None,
+    compare: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Time training steps of ``model`` (``preset`` plus ``model_config`` overrides) per variant and batch size.
 
     ``variants``: names for :func:`parse_variants` (default: reference, each option alone, all).
+    ``compare``: further model configs (overrides on top of that one, e.g. ``{"motion_flip": 0.0}``), each
+    timed with every variant, interleaved with the rest; their rows (variant ``"all [motion_flip=0.0]"``)
+    carry ``vs_base``, the speed-up over the same variant of the base config.
     ``threads``: intra-op threads (default: this process's ``torch.get_num_threads()``).
     ``out`` / ``markdown``: a JSON report / markdown table written atomically. Returns the report:
     ``rows`` (one per batch size and variant: ``seq_per_s``, ``frames_per_s``, ``gflop_per_s``,
@@ -473,6 +479,7 @@ def benchmark(
     out_path = check_output_path(out, overwrite, "benchmark results") if out is not None else None
     md_path = check_output_path(markdown, overwrite, "benchmark table") if markdown is not None else None
     lr = float(preset_train.get("lr", 1e-3) if lr is None else lr)
+    configs = _compared_configs(model, config, compare)
 
     base = {"model": model, "model_config": config, "device": str(dev), "threads": threads, "seed": seed,
             "lr": lr, "grad_clip": grad_clip, "frames": frames}
@@ -480,17 +487,24 @@ def benchmark(
     t_start = time.time()
     workers: dict[bool, Any] = {}
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(sizes) * len(chosen) * (warmup + steps), desc=f"bench {model}/{preset}", unit="step",
+    base_variants = chosen
+    bar = tqdm(total=len(sizes) * len(chosen) * len(configs) * (warmup + steps), desc=f"bench {model}/{preset}", unit="step",
                disable=not progress, dynamic_ncols=True)
     try:
         for allocator in sorted({v.allocator for v in chosen}):
             kwargs = {**base, "allocator": allocator}
             workers[allocator] = _Remote(kwargs) if dev.type == "cpu" else _Local(kwargs)
-        flops = workers[chosen[0].allocator].call("flops_per_sequence")
+        flops = {suffix: workers[chosen[0].allocator].call("flops_per_sequence", 2, over)
+                 for suffix, over in configs.items()}
+        chosen = [Variant(v.label + suffix, **v.options()) for suffix in configs for v in base_variants]
+        overrides = {v.label + suffix: over for suffix, over in configs.items() for v in base_variants}
+        bases = {v.label + suffix: v.label for suffix in configs for v in base_variants}
+        flops_of = {v.label + suffix: flops[suffix] for suffix in configs for v in base_variants}
         parameters = 0
         for batch in sizes:
             for v in chosen:
-                parameters = workers[v.allocator].call("setup", v.label, v.options(), batch)
+                count = workers[v.allocator].call("setup", v.label, v.options(), batch, overrides[v.label])
+                parameters = count if not overrides[v.label] else parameters
             times: dict[str, list[float]] = {v.label: [] for v in chosen}
             cpu: dict[str, list[float]] = {v.label: [] for v in chosen}
             losses: dict[str, list[float]] = {v.label: [] for v in chosen}
@@ -508,7 +522,8 @@ def benchmark(
             peaks = {v.label: workers[v.allocator].call("peak_memory", v.label, warmup + steps) for v in chosen}
             for v in chosen:
                 workers[v.allocator].call("release", v.label)
-            rows += _rows(model, preset, dev, batch, frames, chosen, times, cpu, losses, first, peaks, flops)
+            rows += _rows(model, preset, dev, batch, frames, chosen, times, cpu, losses, first, peaks, flops_of,
+                          overrides, bases)
         rss = {("tuned" if k else "default") + "_allocator": w.call("process_peak_rss") for k, w in workers.items()}
     finally:
         bar.close()
@@ -528,11 +543,13 @@ def benchmark(
         "preset": preset,
         "model_config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
         "parameters": parameters,
-        "gflop_per_sequence": flops / 1e9,
+        "gflop_per_sequence": flops[""] / 1e9,
         "frames": frames,
         "steps": steps,
         "warmup": warmup,
         "variants": {v.label: v.options() for v in chosen},
+        "compare": {suffix.strip(): {"model_config": over, "gflop_per_sequence": flops[suffix] / 1e9}
+                    for suffix, over in configs.items() if over},
         "process_peak_rss_mb": {k: (None if b is None else b / 2**20) for k, b in rss.items()},
         "seconds": time.time() - t_start,
         "rows": rows,
@@ -545,10 +562,28 @@ def benchmark(
     return report
 
 
+def _compared_configs(model: str, config: Mapping[str, Any],
+                      compare: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Label suffix -> config overrides: ``""`` for the base config, then one per compared config,
+    each checked by building its config (a clear error before any worker starts)."""
+    from dsvae.models import model_class
+
+    configs: dict[str, dict[str, Any]] = {"": {}}
+    for over in compare:
+        if not isinstance(over, Mapping) or not over:
+            raise DsvaeError(f"a compared config must be a non-empty mapping of config values, got {over!r}")
+        model_class(model).config_class.from_dict({**config, **over})
+        suffix = " [" + ",".join(f"{k}={json.dumps(v)}" for k, v in over.items()) + "]"
+        if suffix in configs:
+            raise DsvaeError(f"compared config{suffix} given twice")
+        configs[suffix] = dict(over)
+    return configs
+
+
 def _rows(model: str, preset: str, dev: torch.device, batch: int, frames: int, chosen: Sequence[Variant],
           times: Mapping[str, list[float]], cpu: Mapping[str, list[float]], losses: Mapping[str, list[float]],
-          first: Mapping[str, float],
-          peaks: Mapping[str, int], flops: float) -> list[dict[str, Any]]:
+          first: Mapping[str, float], peaks: Mapping[str, int], flops: Mapping[str, float],
+          overrides: Mapping[str, Mapping[str, Any]], bases: Mapping[str, str]) -> list[dict[str, Any]]:
     ref = next((v.label for v in chosen if v.label == "reference"), None)
     out = []
     for v in chosen:
@@ -562,7 +597,7 @@ def _rows(model: str, preset: str, dev: torch.device, batch: int, frames: int, c
             "variant": v.label,
             "seq_per_s": seq_per_s,
             "frames_per_s": seq_per_s * frames,
-            "gflop_per_s": seq_per_s * flops / 1e9,
+            "gflop_per_s": seq_per_s * flops[v.label] / 1e9,
             "peak_mb": peaks[v.label] / 2**20,
             "step_ms_median": 1000 * median,
             "step_ms_min": 1000 * min(times[v.label]),
@@ -573,6 +608,9 @@ def _rows(model: str, preset: str, dev: torch.device, batch: int, frames: int, c
             "loss_last": losses[v.label][-1],
             "losses": losses[v.label],
         }
+        if overrides[v.label]:
+            row["model_config"] = dict(overrides[v.label])
+            row["vs_base"] = statistics.median(times[bases[v.label]]) / median
         if ref is not None:
             ref_median = statistics.median(times[ref])
             row["speedup"] = ref_median / median
@@ -600,17 +638,26 @@ def format_markdown(report: Mapping[str, Any]) -> str:
         "interleaved, one step each in turn; same weights and noise per step, `loss dev` = largest relative "
         "deviation from the reference's loss; `CPU s/step`: CPU time of the step, all threads (on a shared "
         "machine less sensitive to other processes than seq/s)",
+    ]
+    compared = report.get("compare") or {}
+    if compared:
+        lines.append("- compared configs (`[...]` after a variant: overrides of the config above; `vs base config`: "
+                     "speed-up over the same variant without them; GFLOP/s counts each config's own operations): "
+                     + "; ".join(f"`{k}` {v['gflop_per_sequence']:.2f} GFLOP per sequence" for k, v in compared.items()))
+    extra = " vs base config |" if compared else ""
+    lines += [
         "",
         "| model | preset | device | batch | variant | seq/s | frames/s | GFLOP/s | peak MB | vs reference | loss dev "
-        "| CPU s/step |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU s/step |" + extra,
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if compared else ""),
     ]
     for r in report["rows"]:
         speed = f"{r['speedup']:.2f}x" if "speedup" in r else "n/a"
         dev = f"{r['loss_dev']:.1e}" if "loss_dev" in r else "n/a"
+        base = (f" {r['vs_base']:.2f}x |" if "vs_base" in r else " - |") if compared else ""
         lines.append(f"| {r['model']} | {r['preset']} | {r['device']} | {r['batch']} | {r['variant']} | "
                      f"{r['seq_per_s']:.2f} | {r['frames_per_s']:.1f} | {r['gflop_per_s']:.1f} | "
-                     f"{r['peak_mb']:.0f} | {speed} | {dev} | {r['cpu_s_median']:.2f} |")
+                     f"{r['peak_mb']:.0f} | {speed} | {dev} | {r['cpu_s_median']:.2f} |" + base)
     return "\n".join(lines) + "\n"
 
 

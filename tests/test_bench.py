@@ -125,11 +125,43 @@ def test_bench_cli_report(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_bench_compares_configs(tmp_path, capsys):
+    """--compare times the same variants with other config values, interleaved; a config that only skips
+    work (views without gradients) gives the same losses and fewer operations."""
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", "cdsvae", "--preset", "tiny", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+            "--threads", "1", "--variants", "reference", "--compare", "view_grad=false",
+            "--compare", "motion_flip=0", "view_grad=false", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    base, no_grad, both = report["rows"]
+    assert [r["variant"] for r in report["rows"]] == [
+        "reference", "reference [view_grad=false]", "reference [motion_flip=0,view_grad=false]"]
+    assert "model_config" not in base and "vs_base" not in base
+    assert no_grad["model_config"] == {"view_grad": False}
+    assert both["model_config"] == {"motion_flip": 0, "view_grad": False}
+    for row in (no_grad, both):
+        assert row["vs_base"] == pytest.approx(base["step_ms_median"] / row["step_ms_median"])
+    # the same first loss (same weights and noise), computed with less work; then other gradients, other weights
+    assert no_grad["losses"][0] == pytest.approx(base["losses"][0], rel=1e-6)
+    assert no_grad["losses"][-1] != pytest.approx(base["losses"][-1], rel=1e-6)
+    compared = report["compare"]
+    assert set(compared) == {"[view_grad=false]", "[motion_flip=0,view_grad=false]"}
+    assert compared["[view_grad=false]"]["gflop_per_sequence"] < report["gflop_per_sequence"]
+    assert no_grad["gflop_per_s"] == pytest.approx(no_grad["seq_per_s"] * compared["[view_grad=false]"]["gflop_per_sequence"])
+    assert "vs base config" in printed and "| reference [view_grad=false] |" in printed
+    assert "--compare view_grad=false --compare motion_flip=0 view_grad=false" in report["command"]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--variants", "fast"], "unknown option 'fast'"),
     (["--steps", "0"], "steps must be a positive integer"),
     (["--variants", "+compile", "--warmup", "0"], "warm-up"),
     (["--preset", "huge"], "unknown preset"),
+    (["--model", "cdsvae", "--preset", "tiny", "--compare", "motion_flip=2"], "motion_flip must be in"),
+    (["--model", "cdsvae", "--preset", "tiny", "--compare", "colour=1"], "unknown CDSVAEConfig option"),
+    (["--compare", "z_dim=8", "--compare", "z_dim=8"], "given twice"),
 ])
 def test_bench_cli_user_errors(extra, message, capsys):
     assert main(["bench", "--quiet", *extra]) == 2

@@ -14,7 +14,8 @@ Time training steps (forward, loss, backward, clip, Adam; random input) of one m
   +compile         torch.compile (warm-up compiles)  (dsvae train --compile)
   all              every option; also all-OPTION (all but one) and combinations like allocator+bf16
 Variants run interleaved, one step each in turn (fair on a shared machine); on CPU each allocator
-setting runs in its own fresh worker process. Prints a markdown table (seq/s, frames/s, GFLOP/s,
+setting runs in its own fresh worker process. --compare KEY=VALUE times the same variants of the model
+with that config value too (e.g. --compare motion_flip=0 for the C-DSVAE), in the same interleaving. Prints a markdown table (seq/s, frames/s, GFLOP/s,
 peak memory, speed-up over the reference, loss deviation from the reference, CPU time per step).
 On a machine shared with other jobs, compare with --threads 1 and read `CPU s/step`: a team of
 threads stalls whenever one of them is descheduled.
@@ -33,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="paper", help="model preset (default paper)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model config value (JSON values); repeatable")
+    p.add_argument("--compare", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="also time the model with these config values (JSON values, on top of --set), every "
+                        "variant, interleaved with the rest; repeatable: one more config each")
     p.add_argument("--batch-size", type=int, nargs="+", default=[32], metavar="B",
                    help="batch sizes to time (default 32)")
     p.add_argument("--variants", help="comma-separated variants (default: reference,+allocator,+channels_last,"
@@ -72,7 +76,7 @@ def _bench(args: argparse.Namespace) -> int:
         model=args.model, preset=args.preset, model_config=parse_overrides(args.set), batch_sizes=args.batch_size,
         variants=args.variants, steps=args.steps, warmup=args.warmup, device=args.device, threads=args.threads,
         seed=args.seed, progress=not args.quiet, out=args.out, markdown=args.markdown, overwrite=args.overwrite,
-        command=_command(args),
+        command=_command(args), compare=[parse_overrides(items) for items in args.compare],
     )
     print(report["markdown"], end="")
     for path in (args.out, args.markdown):
@@ -86,6 +90,8 @@ def _command(args: argparse.Namespace) -> str:
     words = ["dsvae", "bench", "--model", args.model, "--preset", args.preset]
     for item in args.set:
         words += ["--set", item]
+    for items in args.compare:
+        words += ["--compare", *items]
     words += ["--batch-size", *map(str, args.batch_size)]
     if args.variants:
         words += ["--variants", args.variants]

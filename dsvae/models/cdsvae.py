@@ -11,9 +11,10 @@ weight (0 switches it off and leaves the loss exactly the DSVAE's):
    right-facing one): the content is the same, the motion is not, so f is pushed to keep the
    content and drop the motion, the facing direction included (a shuffle alone keeps it).
    The other sequences of the batch (both views) are the negatives. The frame encoder sees
-   one frame at a time, so without mirroring the view's frame features are the original
-   ones reordered (exactly, also with batch norm: the batch holds the same frames) and only
-   the f-LSTM runs again; with mirroring the view is encoded (one more encoder pass).
+   one frame at a time, so an unmirrored view's frame features are the original ones
+   reordered (exactly, also with batch norm: the batch holds the same frames) and only the
+   f-LSTM runs again; only the mirrored sequences' frames are encoded (a share ``motion_flip``
+   of one more encoder pass on average, their batch-norm statistics taken over those frames).
 2. **dynamic contrastive** (``dynamic_contrast_weight``): InfoNCE between the dynamic codes
    z_1:T (flattened) of a sequence and of a *content-augmented* view (``content_augment``: a
    random non-identity permutation of the colour channels, optionally with random per-channel
@@ -42,6 +43,10 @@ weight (0 switches it off and leaves the loss exactly the DSVAE's):
    prior p(z_t | z_<t) as a mixture of Gaussians, so that dynamics rolled out from it (the static
    test's) follow one motion instead of the blend of all of them.
 
+With ``view_grad`` false the augmented views of 1 and 2 are encoded without gradients: each
+view is a fixed target that its sequence's code is pulled towards (as a momentum encoder's
+keys are in MoCo, here the same weights), which skips the views' backward pass.
+
 No labels are used: the loss reads ``batch["x"]`` only. The contrastive terms compare
 posterior means (``contrast_code="mean"``) or samples (``"sample"``). Augmentation noise is
 drawn with :meth:`~dsvae.models.base.SequenceModel.randn` after the ELBO's, so switching an
@@ -50,6 +55,7 @@ ingredient on leaves the ELBO terms of a seeded step unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Mapping
@@ -82,6 +88,7 @@ class CDSVAEConfig(DSVAEConfig):
     motion_flip: float = 0.5
     content_augment: str = "permute_gain"
     contrast_code: str = "mean"
+    view_grad: bool = True
     kl_anneal_steps: int = 0
     kl_anneal_start: float = 0.1
 
@@ -100,6 +107,8 @@ class CDSVAEConfig(DSVAEConfig):
         check_choice(self, "motion_augment", MOTION_AUGMENTS)
         check_choice(self, "content_augment", CONTENT_AUGMENTS)
         check_choice(self, "contrast_code", ("mean", "sample"))
+        if not isinstance(self.view_grad, bool):
+            raise DsvaeError(f"CDSVAEConfig.view_grad must be true or false, got {self.view_grad!r}")
         if not isinstance(self.kl_anneal_steps, int) or isinstance(self.kl_anneal_steps, bool) or self.kl_anneal_steps < 0:
             raise DsvaeError(f"CDSVAEConfig.kl_anneal_steps must be an integer >= 0, got {self.kl_anneal_steps!r}")
         if not 0.0 <= self.kl_anneal_start <= 1.0:
@@ -265,17 +274,22 @@ class CDSVAE(DSVAE):
         if c.static_contrast_weight > 0:
             noise = self.randn((b, t + 2), like=feats.float())
             order = motion_order(noise[:, :t + 1], c.motion_augment)
-            if c.motion_flip > 0:
-                flip = torch.special.ndtr(noise[:, t + 1]) < c.motion_flip
-                view = self.encode(motion_view(x, order, flip))
-            else:  # the same frames: reorder their features instead of encoding them again
-                view = self.encode_features(reorder_frames(feats, order))
+            with self._view_context():
+                view_feats = reorder_frames(feats, order)  # unmirrored: the same frames, reordered
+                if c.motion_flip > 0:  # encode only the mirrored sequences' frames
+                    flip = torch.special.ndtr(noise[:, t + 1]) < c.motion_flip
+                    rows = flip.nonzero().squeeze(1)
+                    if rows.numel():
+                        mirrored = self.encoder.frames(reorder_frames(x[rows].flip(-1), order[rows]))
+                        view_feats = view_feats.index_copy(0, rows, mirrored.to(view_feats.dtype))
+                view = self.encode_features(view_feats)
             term = info_nce(f_code, self._codes(view)[0], c.temperature)
             terms["static_nce"] = term
             total = total + c.static_contrast_weight * term
         if c.dynamic_contrast_weight > 0:
             x_col = colour_augment(x, self.randn((b, 4), like=x.float()), c.content_augment)
-            view = self.encode(x_col)
+            with self._view_context():
+                view = self.encode(x_col)
             term = info_nce(z_code, self._codes(view)[1], c.temperature)
             terms["dynamic_nce"] = term
             total = total + c.dynamic_contrast_weight * term
@@ -297,6 +311,11 @@ class CDSVAE(DSVAE):
         if self.training and phase == "main":
             self.train_step += 1
         return {"loss": total, **terms}
+
+    def _view_context(self) -> contextlib.AbstractContextManager:
+        """Where the contrastive terms' augmented views are encoded: with gradients, or (``view_grad``
+        false) as fixed targets, which skips their backward pass."""
+        return contextlib.nullcontext() if self.config.view_grad else torch.no_grad()
 
     def _prior_swap(self, f_code: torch.Tensor, z_code: torch.Tensor, b: int, t: int) -> torch.Tensor:
         """InfoNCE of z against the z of decode(f ~ p(f), z), and of f against the f of

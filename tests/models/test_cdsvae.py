@@ -195,21 +195,60 @@ def test_mirrored_view():
     assert torch.equal(view[0].flatten(1).sort(1).values, reorder_frames(x, order)[0].flatten(1).sort(1).values)
 
 
-@pytest.mark.parametrize("flip", [0.0, 1.0])
+@pytest.mark.parametrize("flip", [0.0, 0.5, 1.0])
 def test_static_view_encodes_the_augmented_frames(flip):
+    """The view's frame features are those of the whole mirrored-and-reordered video, although only
+    the mirrored sequences' frames are encoded again (eval mode: batch norm does not depend on the batch)."""
     _, model = _pair(**{**OFF, "static_contrast_weight": 1.0, "motion_flip": flip, "motion_augment": "shuffle"})
     model.eval()
-    x = _videos()
+    seen = []  # what the f-LSTM reads: the video's features, then the view's
+    model.f_lstm.register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
+    encoded = []  # frames per encoder call
+    model.encoder.register_forward_hook(lambda module, args, out: encoded.append(args[0].shape[0]))
+    x = _videos(b=8)
     torch.manual_seed(3)
     term = model({"x": x})["static_nce"]
+    assert len(seen) == 2
+    view_feats, frames_encoded = seen[1], list(encoded)
     # the same draws by hand: ELBO noise (f, z), then the view's
     b, t = x.shape[:2]
     torch.manual_seed(3)
     post = model.encode(x)
     noise = torch.randn(b, t + 2)
     order = motion_order(noise[:, :t + 1], "shuffle")
-    view = model.encode(motion_view(x, order, torch.full((b,), flip > 0)))
+    mirrored = torch.special.ndtr(noise[:, t + 1]) < flip
+    if flip == 0.5:  # this seed mirrors some sequences and not others
+        assert 0 < int(mirrored.sum()) < b
+    # the video's frames, then only the mirrored sequences' frames (none: the features are reordered)
+    assert frames_encoded == [b * t] + ([int(mirrored.sum()) * t] if flip > 0 else [])
+    expected = model.encoder.frames(motion_view(x, order, mirrored))
+    assert torch.allclose(view_feats, expected, atol=1e-5)
+    if flip > 0:  # mirroring changes the features the encoder gives
+        unmirrored = model.encoder.frames(motion_view(x, order, torch.zeros(b, dtype=torch.bool)))
+        assert not torch.allclose(view_feats, unmirrored, atol=1e-3)
+    view = model.encode(motion_view(x, order, mirrored))
     assert torch.allclose(term, info_nce(post.f_mean, view.f_mean, model.config.temperature), atol=1e-5)
+
+
+@pytest.mark.parametrize("flip", [0.0, 1.0])
+def test_views_without_gradient(flip):
+    """view_grad false: the same loss, but the views' codes are fixed targets (no graph behind them),
+    so the encoder's gradient is the one the original sequences' codes alone give."""
+    grads, values = {}, {}
+    for view_grad in (True, False):
+        _, model = _pair(**{**OFF, "static_contrast_weight": 1.0, "dynamic_contrast_weight": 1.0,
+                            "motion_flip": flip, "view_grad": view_grad})
+        needs_grad = []  # per f-LSTM call: does its output carry a graph?
+        model.f_lstm.register_forward_hook(lambda module, args, out: needs_grad.append(out[0].requires_grad))
+        torch.manual_seed(3)
+        out = model({"x": _videos(b=8)})
+        out["loss"].backward()
+        values[view_grad] = {k: float(v.detach()) for k, v in out.items()}
+        grads[view_grad] = model.encoder.net[0].weight.grad.clone()
+        # the video, the static view, the colour view
+        assert needs_grad == [True, view_grad, view_grad]
+    assert values[True] == pytest.approx(values[False], rel=1e-6)
+    assert not torch.allclose(grads[True], grads[False])
 
 
 @pytest.mark.parametrize("kind", ["permute", "permute_gain"])
@@ -324,6 +363,7 @@ def test_checkpoint_round_trip(tmp_path, procedural_h5):
     ({"motion_flip": 1.5}, "motion_flip must be in"),
     ({"content_augment": "hue"}, "content_augment must be one of"),
     ({"contrast_code": "mode"}, "contrast_code must be one of"),
+    ({"view_grad": "no"}, "view_grad must be true or false"),
     ({"kl_anneal_steps": -3}, "kl_anneal_steps must be an integer >= 0"),
     ({"kl_anneal_start": 1.5}, "kl_anneal_start must be in"),
     ({"z_dim": 0}, "z_dim must be positive"),
