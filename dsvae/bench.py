@@ -488,8 +488,8 @@ def benchmark(
     workers: dict[bool, Any] = {}
     rows: list[dict[str, Any]] = []
     base_variants = chosen
-    bar = tqdm(total=len(sizes) * len(chosen) * len(configs) * (warmup + steps), desc=f"bench {model}/{preset}", unit="step",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(sizes) * len(chosen) * len(configs) * (warmup + steps), desc=f"bench {model}/{preset}",
+               unit="step", disable=not progress, dynamic_ncols=True)
     try:
         for allocator in sorted({v.allocator for v in chosen}):
             kwargs = {**base, "allocator": allocator}
@@ -504,7 +504,8 @@ def benchmark(
         for batch in sizes:
             for v in chosen:
                 count = workers[v.allocator].call("setup", v.label, v.options(), batch, overrides[v.label])
-                parameters = count if not overrides[v.label] else parameters
+                if not overrides[v.label]:  # the report's count is the base config's
+                    parameters = count
             times: dict[str, list[float]] = {v.label: [] for v in chosen}
             cpu: dict[str, list[float]] = {v.label: [] for v in chosen}
             losses: dict[str, list[float]] = {v.label: [] for v in chosen}
@@ -641,9 +642,10 @@ def format_markdown(report: Mapping[str, Any]) -> str:
     ]
     compared = report.get("compare") or {}
     if compared:
+        flops = "; ".join(f"`{k}` {v['gflop_per_sequence']:.2f} GFLOP per sequence" for k, v in compared.items())
         lines.append("- compared configs (`[...]` after a variant: overrides of the config above; `vs base config`: "
                      "speed-up over the same variant without them; GFLOP/s counts each config's own operations): "
-                     + "; ".join(f"`{k}` {v['gflop_per_sequence']:.2f} GFLOP per sequence" for k, v in compared.items()))
+                     f"{flops}")
     extra = " vs base config |" if compared else ""
     lines += [
         "",

@@ -14,9 +14,11 @@ Time training steps (forward, loss, backward, clip, Adam; random input) of one m
   +compile         torch.compile (warm-up compiles)  (dsvae train --compile)
   all              every option; also all-OPTION (all but one) and combinations like allocator+bf16
 Variants run interleaved, one step each in turn (fair on a shared machine); on CPU each allocator
-setting runs in its own fresh worker process. --compare KEY=VALUE times the same variants of the model
-with that config value too (e.g. --compare motion_flip=0 for the C-DSVAE), in the same interleaving. Prints a markdown table (seq/s, frames/s, GFLOP/s,
-peak memory, speed-up over the reference, loss deviation from the reference, CPU time per step).
+setting runs in its own fresh worker process. --compare KEY=VALUE ... also times the same variants of
+the model with those config values (e.g. --compare motion_flip=0 for the C-DSVAE), in the same
+interleaving. Prints a markdown table (seq/s, frames/s, GFLOP/s, peak memory, speed-up over the
+reference, loss deviation from the reference, CPU time per step; with --compare, the speed-up over the
+same variant of the base config).
 On a machine shared with other jobs, compare with --threads 1 and read `CPU s/step`: a team of
 threads stalls whenever one of them is descheduled.
 
