@@ -11,6 +11,9 @@ means, ``decode(f_mean, z_mean)`` (squared error summed over pixels, the DSVAE's
 with Adam and a cosine decay of the learning rate to zero over the budget; then recomputes the
 decoder's batch-norm statistics under the new weights. Encoder and priors stay as they were, so every
 code does too: only how codes are decoded changes. No labels are read.
+``swap_weight`` > 0 also asks that each sequence's f decoded with another sequence's z encodes back to both
+codes (:func:`swap_consistency`; measured in BENCHMARKS.md section 7: within a fixed budget it lost to the
+plain refit's extra steps, so it is off by default).
 ``polish_run`` does it for the weights ``dsvae.load`` uses of a run (the weight average when the run
 kept one) and writes them back into the checkpoint they came from (a run folder's ``last.pt``),
 atomically; the run's periodic checkpoints (``checkpoints/step_*.pt``) keep the unpolished weights.
@@ -45,6 +48,9 @@ class PolishResult:
     loss_start: float  # mean reconstruction loss of the first and last 10% of the steps (at least one)
     loss_end: float
     bn_batches: int  # batches the decoder's batch-norm statistics were recomputed over (0: it has none)
+    swap_weight: float = 0.0  # weight of the swap-consistency term (0: off)
+    swap_start: float | None = None  # its mean over the first and last 10% of the steps (None: off)
+    swap_end: float | None = None
 
     def record(self, weights: str, data: str | os.PathLike) -> dict[str, Any]:
         """What a checkpoint keeps under ``"polished"`` (plain types): which weights, the budget and losses."""
@@ -53,13 +59,14 @@ class PolishResult:
 
 @torch.no_grad()
 def posterior_means(model: nn.Module, ds: SpritesDataset, batch_size: int = 128,
-                    autocast_dtype: torch.dtype | None = None,
-                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(f_mean (N, F), z_mean (N, T, Z))`` of every sequence of ``ds`` (float32, on the model's device)."""
+                    autocast_dtype: torch.dtype | None = None, progress: bool = False,
+                    with_logvar: bool = False) -> tuple[torch.Tensor, ...]:
+    """``(f_mean (N, F), z_mean (N, T, Z))`` of every sequence of ``ds`` (float32, on the model's device);
+    with ``with_logvar`` also the posterior log-variances ``(f_logvar, z_logvar)`` after them."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    fs, zs = [], []
+    parts: list[list[torch.Tensor]] = [[] for _ in range(4 if with_logvar else 2)]
     try:
         with tqdm(total=len(ds), desc="codes", unit="seq", disable=not progress, leave=False) as bar:
             for idx in torch.arange(len(ds)).split(batch_size):
@@ -67,17 +74,41 @@ def posterior_means(model: nn.Module, ds: SpritesDataset, batch_size: int = 128,
                 with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                                     enabled=autocast_dtype is not None):
                     post = model.encode(x)
-                fs.append(post.f_mean.float())
-                zs.append(post.z_mean.float())
+                values = [post.f_mean, post.z_mean]
+                if with_logvar:
+                    if post.f_logvar is None or post.z_logvar is None:
+                        raise DsvaeError(f"{type(model).__name__}'s encoder gives no posterior variances")
+                    values += [post.f_logvar, post.z_logvar]
+                for part, v in zip(parts, values):
+                    part.append(v.float())
                 bar.update(len(idx))
     finally:
         model.train(was_training)
-    return torch.cat(fs), torch.cat(zs)
+    return tuple(torch.cat(part) for part in parts)
+
+
+def swap_consistency(model: nn.Module, f: torch.Tensor, z: torch.Tensor, f_logvar: torch.Tensor,
+                     z_logvar: torch.Tensor) -> torch.Tensor:
+    """Per-example (B,) negative log-likelihood, up to constants, of the codes a swap was decoded from under
+    the (frozen) encoder's posterior of the decoded swap: sequence i's static code ``f[i]`` with sequence
+    i+1's dynamics ``z[i+1]`` (a roll of the batch) are decoded, re-encoded, and scored against the posterior
+    means ``(f[i], z[i+1])`` with the variances of the sequences they came from,
+    ``sum (mean' - code)^2 / (2 var)`` over the static and the dynamic dimensions.
+
+    The plain polish fits ``decode(f_i, z_i)`` only, so the decoder may take colour from z; this term asks
+    that what it draws from mixed codes still encodes to those codes, as the swap and static tests need.
+    No labels: the model's own encoder is the critic."""
+    z_other, z_other_logvar = z.roll(1, 0), z_logvar.roll(1, 0)
+    post = model.encode(model.decode(f, z_other))
+    nll_f = (post.f_mean.float() - f).pow(2).mul(0.5 * torch.exp(-f_logvar)).sum(-1)
+    nll_z = (post.z_mean.float() - z_other).pow(2).mul(0.5 * torch.exp(-z_other_logvar)).flatten(1).sum(-1)
+    return nll_f + nll_z
 
 
 def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None = None, steps: int | None = None,
                    lr: float = 3e-4, batch_size: int = 32, bn_batches: int = 200, keep_input_layers: bool = True,
-                   autocast_dtype: torch.dtype | None = None, seed: int = 0, progress: bool = False) -> PolishResult:
+                   swap_weight: float = 0.0, autocast_dtype: torch.dtype | None = None, seed: int = 0,
+                   progress: bool = False) -> PolishResult:
     """Fit ``model.decoder`` to decode the posterior means of ``ds``'s sequences (see the module doc).
 
     Stops after ``steps`` optimisation steps or ``minutes`` of wall time, whichever comes first (at least
@@ -88,6 +119,10 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
     (``decoder.input_layers()``): fitted to posterior means alone, they would also learn to respond to
     the static dimensions the encoder leaves unused (means ~0 there, so Adam's normalised steps move
     their weights freely), and codes drawn from the prior, which are not ~0 there, would decode worse.
+
+    ``swap_weight`` > 0 adds ``swap_weight`` times :func:`swap_consistency` (the frozen encoder reading the
+    decode of each sequence's f with another's z back as those codes) to the loss; it costs a second
+    decode and an encode per step.
     """
     if minutes is None and steps is None:
         raise DsvaeError("give the polish a budget: minutes and/or steps")
@@ -95,6 +130,8 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
         raise DsvaeError(f"the polish budget must be positive, got minutes={minutes!r}, steps={steps!r}")
     if not lr > 0 or batch_size < 1 or bn_batches < 0:
         raise DsvaeError("need lr > 0, batch_size >= 1 and bn_batches >= 0")
+    if not (isinstance(swap_weight, (int, float)) and math.isfinite(swap_weight) and swap_weight >= 0):
+        raise DsvaeError(f"the swap-consistency weight must be a number >= 0 (0 = off), got {swap_weight!r}")
     decoder = getattr(model, "decoder", None)
     if not isinstance(decoder, nn.Module):
         raise DsvaeError(f"{type(model).__name__} has no decoder module to polish")
@@ -104,7 +141,11 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
 
     device = next(model.parameters()).device
     kind = getattr(model.config, "recon_loss", "mse")
-    f_all, z_all = posterior_means(model, ds, autocast_dtype=autocast_dtype, progress=progress)
+    swapping = swap_weight > 0
+    if swapping and len(ds) < 2:
+        raise DsvaeError("the swap-consistency term needs at least two training sequences")
+    codes = posterior_means(model, ds, autocast_dtype=autocast_dtype, progress=progress, with_logvar=swapping)
+    f_all, z_all = codes[:2]
 
     frozen = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
@@ -123,6 +164,7 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
     g = torch.Generator().manual_seed(seed)
     budget_s = 60.0 * minutes if minutes is not None else math.inf
     losses: list[float] = []
+    swaps: list[float] = []
     model.eval()
     decoder.train()
     t0 = time.time()
@@ -139,19 +181,24 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
                 group["lr"] = lr * lr_factor("cosine", done, 0.0)
             idx = torch.randint(0, len(ds), (min(batch_size, len(ds)),), generator=g)
             x = ds.batch(idx)["x"].to(device)
+            i = idx.to(f_all.device)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                x_hat = model.decode(f_all[idx.to(f_all.device)], z_all[idx.to(z_all.device)])
-            loss = reconstruction_loss(x_hat, x, kind).mean()
+                x_hat = model.decode(f_all[i], z_all[i])
+                loss = reconstruction_loss(x_hat, x, kind).mean()
+                if swapping:
+                    swap = swap_consistency(model, f_all[i], z_all[i], codes[2][i], codes[3][i]).mean()
+                    swaps.append(float(swap.detach()))
+                    loss = loss + swap_weight * swap
             if not torch.isfinite(loss):
                 raise DsvaeError(f"the polish loss became {loss.item()} at step {len(losses) + 1}; lower --lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(float(loss.detach()) - (swap_weight * swaps[-1] if swapping else 0.0))
             if steps is None:  # the bar counts towards the steps the time budget allows at this pace
                 bar.total = steps_in_budget(len(losses), 0, time.time() - t0, budget_s, 10**12)
             bar.update(1)
-            bar.set_postfix(recon=f"{losses[-1]:.4g}")
+            bar.set_postfix(recon=f"{losses[-1]:.4g}", **({"swap": f"{swaps[-1]:.4g}"} if swapping else {}))
     finally:
         bar.close()
         for p, flag in frozen.items():
@@ -173,13 +220,16 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
     return PolishResult(steps=len(losses), seconds=time.time() - t0, lr=float(lr), batch_size=int(batch_size),
                         input_layers_kept=bool(keep_input_layers),
                         loss_start=sum(losses[:k]) / k if losses else nan,
-                        loss_end=sum(losses[-k:]) / k if losses else nan, bn_batches=used)
+                        loss_end=sum(losses[-k:]) / k if losses else nan, bn_batches=used,
+                        swap_weight=float(swap_weight),
+                        swap_start=(sum(swaps[:k]) / k if swaps else nan) if swapping else None,
+                        swap_end=(sum(swaps[-k:]) / k if swaps else nan) if swapping else None)
 
 
 def polish_run(run: str | os.PathLike, data: str | os.PathLike, minutes: float | None = None,
                steps: int | None = None, lr: float = 3e-4, batch_size: int = 32, bn_batches: int = 200,
-               keep_input_layers: bool = True, device: str = "auto", amp: str = "auto", seed: int = 0,
-               resident: bool = True, progress: bool = True) -> dict[str, Any]:
+               keep_input_layers: bool = True, swap_weight: float = 0.0, device: str = "auto", amp: str = "auto",
+               seed: int = 0, resident: bool = True, progress: bool = True) -> dict[str, Any]:
     """Polish the decoder of the weights ``dsvae.load(run)`` uses and write them back into the run's
     checkpoint they came from (atomically; ``run``: a run folder, i.e. its ``last.pt``, or a checkpoint
     file). Returns the record stored in the checkpoint under ``"polished"`` (weights "ema" or "raw",
@@ -199,7 +249,7 @@ def polish_run(run: str | os.PathLike, data: str | os.PathLike, minutes: float |
     ds = SpritesDataset(data, "train", resident=resident, image_size=model.config.image_size, progress=progress)
     try:
         result = polish_decoder(model, ds, minutes=minutes, steps=steps, lr=lr, batch_size=batch_size,
-                                bn_batches=bn_batches, keep_input_layers=keep_input_layers,
+                                bn_batches=bn_batches, keep_input_layers=keep_input_layers, swap_weight=swap_weight,
                                 autocast_dtype=amp_dtype(amp, dev), seed=seed, progress=progress)
     finally:
         ds.close()

@@ -8,7 +8,7 @@ from dsvae.errors import DsvaeError
 from dsvae.models import build_model
 from dsvae.models.base import reconstruction_loss
 from dsvae.training.checkpoint import load_checkpoint, model_weights
-from dsvae.training.polish import polish_decoder, polish_run, posterior_means
+from dsvae.training.polish import polish_decoder, polish_run, posterior_means, swap_consistency
 from dsvae.training.trainer import train
 
 FAST = dict(preset="tiny", limit=64, batch_size=8, sample_every=0, progress=False, log_every=5)
@@ -43,6 +43,63 @@ def test_polish_lowers_the_mean_decode_error_and_touches_only_the_decoder(tiny_d
     assert not model.training and all(p.requires_grad for p in model.parameters())  # nothing left frozen
     polish_decoder(model, tiny_data, steps=2, bn_batches=0, keep_input_layers=False)
     assert not torch.equal(model.state_dict()["decoder.net.0.weight"], before["decoder.net.0.weight"])
+
+
+TINY_CDSVAE = {"image_size": 16, "widths": (8, 16), "feature_dim": 16, "hidden_dim": 16, "prior_hidden_dim": 16,
+               "f_dim": 8, "z_dim": 4}
+
+
+def _swap_term(model, ds):
+    f, z, f_logvar, z_logvar = posterior_means(model, ds, with_logvar=True)
+    model.eval()
+    with torch.no_grad():
+        return float(swap_consistency(model, f, z, f_logvar, z_logvar).mean())
+
+
+def test_the_swap_term_scores_the_mixed_decode_against_the_codes_it_came_from(tiny_data):
+    torch.manual_seed(0)
+    model = build_model("cdsvae", TINY_CDSVAE).eval()
+    f, z, f_logvar, z_logvar = posterior_means(model, tiny_data, with_logvar=True)
+    f, z, f_logvar, z_logvar = f[:6], z[:6], f_logvar[:6], z_logvar[:6]
+    with torch.no_grad():
+        term = swap_consistency(model, f, z, f_logvar, z_logvar)
+        assert term.shape == (6,) and bool((term >= 0).all()) and float(term.sum()) > 0
+        # the decode of f_i with z_(i-1): scored against f_i and z_(i-1), each with its own variance
+        post = model.encode(model.decode(f, z.roll(1, 0)))
+        want = ((post.f_mean - f) ** 2 / (2 * f_logvar.exp())).sum(-1)
+        want = want + ((post.z_mean - z.roll(1, 0)) ** 2 / (2 * z_logvar.roll(1, 0).exp())).sum((1, 2))
+        torch.testing.assert_close(term, want)
+        # scored against its own z instead (no roll), the term is a different number
+        own = ((post.z_mean - z) ** 2 / (2 * z_logvar.exp())).sum((1, 2))
+        assert not torch.allclose(want, ((post.f_mean - f) ** 2 / (2 * f_logvar.exp())).sum(-1) + own)
+
+
+def test_the_swap_weight_lowers_the_swap_term_more_than_the_plain_polish(tiny_data):
+    # an untrained encoder's posterior variances are ~1 and its reading barely moves with the decode, so the
+    # term is ~1e-6 of the reconstruction here: the weight makes up for it
+    terms = {}
+    for weight in (0.0, 3e5):
+        torch.manual_seed(0)
+        model = build_model("cdsvae", TINY_CDSVAE).eval()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        start = _swap_term(model, tiny_data)
+        result = polish_decoder(model, tiny_data, steps=40, lr=3e-3, batch_size=16, bn_batches=4, swap_weight=weight)
+        terms[weight] = _swap_term(model, tiny_data)
+        changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+        assert changed and all(k.startswith("decoder.") for k in changed)  # the encoder critic stays frozen
+        assert result.loss_end < result.loss_start and result.swap_weight == weight
+        if weight:
+            assert result.swap_end < result.swap_start and terms[weight] < start
+        else:
+            assert result.swap_start is None and result.swap_end is None
+    assert terms[3e5] < 0.8 * terms[0.0]
+
+
+def test_the_swap_weight_is_checked(tiny_data):
+    model = build_model("cdsvae", TINY_CDSVAE)
+    for bad in (-1.0, float("nan"), float("inf"), "1"):
+        with pytest.raises(DsvaeError, match="swap-consistency weight"):
+            polish_decoder(model, tiny_data, steps=1, swap_weight=bad)
 
 
 def test_the_input_layers_include_the_film_maps():
@@ -136,6 +193,12 @@ def test_cli_polish(tmp_path, procedural_h5, capsys):
     assert load_checkpoint(run)["polished"]["steps"] == 3
     assert main(["polish", "--run", str(run), "--data", str(procedural_h5), "--steps", "3", "--quiet"]) == 2
     assert "already polished" in capsys.readouterr().err
+    other = train(data=str(procedural_h5), out=str(tmp_path / "other"), max_steps=4, **FAST).run_dir
+    assert main(["polish", "--run", str(other), "--data", str(procedural_h5), "--steps", "2", "--bn-batches", "0",
+                 "--swap-weight", "0.5", "--quiet"]) == 0
+    assert "swap consistency" in capsys.readouterr().out and load_checkpoint(other)["polished"]["swap_weight"] == 0.5
+    assert main(["polish", "--run", str(tmp_path / "other2"), "--data", str(procedural_h5), "--swap-weight", "-1",
+                 "--quiet"]) == 2
     assert main(["polish", "--run", str(tmp_path / "missing"), "--data", str(procedural_h5), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
