@@ -184,7 +184,8 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
             i = idx.to(f_all.device)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 x_hat = model.decode(f_all[i], z_all[i])
-                loss = reconstruction_loss(x_hat, x, kind).mean()
+                recon = reconstruction_loss(x_hat, x, kind).mean()
+                loss = recon
                 if swapping:
                     swap = swap_consistency(model, f_all[i], z_all[i], codes[2][i], codes[3][i]).mean()
                     swaps.append(float(swap.detach()))
@@ -194,7 +195,7 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss.detach()) - (swap_weight * swaps[-1] if swapping else 0.0))
+            losses.append(float(recon.detach()))
             if steps is None:  # the bar counts towards the steps the time budget allows at this pace
                 bar.total = steps_in_budget(len(losses), 0, time.time() - t0, budget_s, 10**12)
             bar.update(1)
