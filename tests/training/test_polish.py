@@ -197,8 +197,10 @@ def test_cli_polish(tmp_path, procedural_h5, capsys):
     assert main(["polish", "--run", str(other), "--data", str(procedural_h5), "--steps", "2", "--bn-batches", "0",
                  "--swap-weight", "0.5", "--quiet"]) == 0
     assert "swap consistency" in capsys.readouterr().out and load_checkpoint(other)["polished"]["swap_weight"] == 0.5
-    assert main(["polish", "--run", str(tmp_path / "other2"), "--data", str(procedural_h5), "--swap-weight", "-1",
+    third = train(data=str(procedural_h5), out=str(tmp_path / "third"), max_steps=2, **FAST).run_dir
+    assert main(["polish", "--run", str(third), "--data", str(procedural_h5), "--steps", "2", "--swap-weight", "-1",
                  "--quiet"]) == 2
+    assert "swap-consistency weight" in capsys.readouterr().err and "polished" not in load_checkpoint(third)
     assert main(["polish", "--run", str(tmp_path / "missing"), "--data", str(procedural_h5), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
