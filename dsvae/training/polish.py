@@ -95,8 +95,9 @@ def swap_consistency(model: nn.Module, f: torch.Tensor, z: torch.Tensor, f_logva
     means ``(f[i], z[i+1])`` with the variances of the sequences they came from,
     ``sum (mean' - code)^2 / (2 var)`` over the static and the dynamic dimensions.
 
-    The plain polish fits ``decode(f_i, z_i)`` only, so the decoder may take colour from z; this term asks
-    that what it draws from mixed codes still encodes to those codes, as the swap and static tests need.
+    The plain polish fits ``decode(f_i, z_i)`` only, so the decoder never sees an f with dynamics other than
+    its own (where the skin is drawn worst: BENCHMARKS.md section 7); this term asks that what it draws from
+    mixed codes still encodes to those codes, as the swap and static tests need.
     No labels: the model's own encoder is the critic."""
     z_other, z_other_logvar = z.roll(1, 0), z_logvar.roll(1, 0)
     post = model.encode(model.decode(f, z_other))
