@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Time to quality on one GPU (issue 7: >= 99% dynamic accuracy in <= 10 minutes of training on an H100).
+#
+# One prepared command for a CUDA machine, run from the repository root:
+#
+#   SHEETS=path/to/sprites-lpc JUDGE=runs/judge_lpc.pt MINUTES=10 OUT=gpu_out scripts/gpu_time_to_quality.sh
+#
+# It records the GPU and library versions, then runs scripts/sota_pipeline.py: builds the data set from
+# the raw LPC layers in SHEETS, the colour-paired motion-mixed training split (no labels), trains the
+# cdsvae `cpu-best` recipe for MINUTES wall-clock minutes on the GPU (its cosine decay spans them), and
+# judges all test videos (3 repeats) with JUDGE (trained there first when JUDGE is not a file). The
+# pipeline's folder stays in WORK; OUT gets RESULTS.md, RESULTS.json, the run's metrics.jsonl and
+# env.txt (at most 4 files, for machines that send back only a few).
+#
+# Any further arguments go to the pipeline after these, so they override them (argparse keeps the last):
+#   scripts/gpu_time_to_quality.sh --batch-size 128 --lr 4e-3
+# REQUIRE_CUDA=0 lets it run without a GPU (the test suite's smoke test does, at tiny scale).
+set -euo pipefail
+
+SHEETS=${SHEETS:-../shared/sprites-lpc}
+JUDGE=${JUDGE:-runs/judge_lpc.pt}
+MINUTES=${MINUTES:-10}
+OUT=${OUT:-gpu_out}
+WORK=${WORK:-${TMPDIR:-/tmp}/dsvae_gpu_time_to_quality}
+PYTHON=${PYTHON:-python3}
+REQUIRE_CUDA=${REQUIRE_CUDA:-1}
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+# the repository itself when dsvae is not installed (a bare GPU machine with PyTorch, h5py, einops, ...)
+if ! "$PYTHON" -c "import dsvae" 2>/dev/null; then
+    export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1
+
+if [ "$REQUIRE_CUDA" = 1 ] && ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_time_to_quality: no CUDA GPU visible to $PYTHON (REQUIRE_CUDA=0 runs it on the CPU anyway)" >&2
+    exit 2
+fi
+
+mkdir -p "$OUT"
+{
+    date -u +"%Y-%m-%dT%H:%M:%SZ"
+    "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda); print('gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null || true
+    echo "cpus $(nproc)"
+    echo "git $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "minutes $MINUTES; extra arguments: $*"
+} | tee "$OUT/env.txt"
+
+start=$(date +%s)
+status=0
+"$PYTHON" "$here/scripts/sota_pipeline.py" --out "$WORK" --data lpc --sheets "$SHEETS" --judge "$JUDGE" \
+    --judge-size 64 --judge-widths field --judge-epochs 6 --preset cpu-best --variants all --mix colours \
+    --minutes "$MINUTES" --repeats 3 --overwrite --quiet "$@" \
+    || status=$?
+echo "pipeline exit status $status after $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
+
+for f in RESULTS.md RESULTS.json; do
+    if [ -f "$WORK/$f" ]; then cp "$WORK/$f" "$OUT/"; fi
+done
+if [ -f "$WORK/runs/all/metrics.jsonl" ]; then cp "$WORK/runs/all/metrics.jsonl" "$OUT/"; fi
+exit "$status"
