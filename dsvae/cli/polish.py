@@ -13,7 +13,9 @@ palettes) as their blend; the polish sharpens them. No labels are read.
 
 The weights dsvae.load uses (the weight average when the run kept one) are polished and written back
 into the run's last checkpoint (atomically); checkpoints/step_*.pt keep the unpolished weights. The
-same runs at the end of training with dsvae train --polish-minutes M.
+same runs at the end of training with dsvae train --polish-minutes M. --out writes the polish to a new
+run folder (or .pt file) instead and leaves the source as it was: to compare polishes of one checkpoint,
+or to polish a periodic checkpoint (step_*.pt), which is never polished in place.
 """
 
 
@@ -21,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("polish", help="refit a trained model's decoder to its posterior means (a few minutes)",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run folder (its last checkpoint) or a checkpoint file")
+    p.add_argument("--out", help="write the polished checkpoint to this new run folder (its checkpoints/last.pt, with "
+                                 "the source run's config.json) or .pt file, and leave --run as it was; needed "
+                                 "when --run is a periodic checkpoint (step_*.pt)")
     p.add_argument("--data", required=True, help="data set .h5 file whose training split the run was trained on")
     p.add_argument("--minutes", type=float, help="wall-clock budget (default 10 unless --steps is given)")
     p.add_argument("--steps", type=int, help="optimisation steps (with --minutes: whichever ends first)")
@@ -52,7 +57,8 @@ def _polish(args: argparse.Namespace) -> int:
     done = polish_run(args.run, args.data, minutes=minutes, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                       bn_batches=args.bn_batches, keep_input_layers=not args.all_layers,
                       swap_weight=args.swap_weight, device=args.device,
-                      amp=args.amp, seed=args.seed, resident=not args.lazy, progress=not args.quiet)
+                      amp=args.amp, seed=args.seed, resident=not args.lazy, progress=not args.quiet,
+                      out=args.out)
     swap = (f", swap consistency {done['swap_start']:.4g} -> {done['swap_end']:.4g}"
             if done["swap_weight"] else "")
     print(f"polished the decoder of the {'weight average' if done['weights'] == 'ema' else 'trained weights'}: "

@@ -16,7 +16,9 @@ codes (:func:`swap_consistency`; measured in BENCHMARKS.md section 7: within a f
 plain refit's extra steps, so it is off by default).
 ``polish_run`` does it for the weights ``dsvae.load`` uses of a run (the weight average when the run
 kept one) and writes them back into the checkpoint they came from (a run folder's ``last.pt``),
-atomically; the run's periodic checkpoints (``checkpoints/step_*.pt``) keep the unpolished weights.
+atomically; the run's periodic checkpoints (``checkpoints/step_*.pt``) keep the unpolished weights. With
+``out`` it writes a new run folder (or checkpoint file) instead and leaves the source as it was; a
+periodic checkpoint is polished only that way.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +37,7 @@ from tqdm.auto import tqdm
 
 from dsvae.data.dataset import SpritesDataset
 from dsvae.errors import DsvaeError
+from dsvae.io import atomic_write_text
 from dsvae.models.base import reconstruction_loss
 from dsvae.training.batchnorm import recalibrate_batchnorm
 
@@ -231,16 +235,24 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
 def polish_run(run: str | os.PathLike, data: str | os.PathLike, minutes: float | None = None,
                steps: int | None = None, lr: float = 3e-4, batch_size: int = 32, bn_batches: int = 200,
                keep_input_layers: bool = True, swap_weight: float = 0.0, device: str = "auto", amp: str = "auto",
-               seed: int = 0, resident: bool = True, progress: bool = True) -> dict[str, Any]:
+               seed: int = 0, resident: bool = True, progress: bool = True,
+               out: str | os.PathLike | None = None) -> dict[str, Any]:
     """Polish the decoder of the weights ``dsvae.load(run)`` uses and write them back into the run's
     checkpoint they came from (atomically; ``run``: a run folder, i.e. its ``last.pt``, or a checkpoint
     file). Returns the record stored in the checkpoint under ``"polished"`` (weights "ema" or "raw",
-    steps, seconds, losses, ...) plus the checkpoint file. A checkpoint is polished once; the unpolished
-    weights stay in the run's periodic checkpoints."""
+    steps, seconds, losses, ...) plus the checkpoint file written. A checkpoint is polished once; the
+    unpolished weights stay in the run's periodic checkpoints.
+
+    ``out`` writes the polished checkpoint elsewhere and leaves ``run`` as it was: a path ending in
+    ``.pt`` is a checkpoint file, anything else a new run folder (its ``checkpoints/last.pt``, with the
+    source run's ``config.json`` when there is one), so that two polishes of one checkpoint can be
+    compared. A periodic checkpoint (``checkpoints/step_*.pt``) is polished only with ``out``: in place
+    it would lose the unpolished weights it keeps. The target is checked before any work."""
     from dsvae.training import checkpoint as ckpt_io
     from dsvae.training.trainer import amp_dtype, resolve_device
 
     file = ckpt_io.resolve_checkpoint(run)
+    target, config = _polish_target(file, out)
     ckpt = ckpt_io.load_checkpoint(file)
     if "polished" in ckpt:
         raise DsvaeError(f"{file} is already polished ({ckpt['polished']['steps']} steps); the unpolished "
@@ -262,5 +274,37 @@ def polish_run(run: str | os.PathLike, data: str | os.PathLike, minutes: float |
         ckpt["model"] = weights
     record = result.record(which, data)
     ckpt["polished"] = record
-    ckpt_io.save_checkpoint(file, {k: v for k, v in ckpt.items() if k not in ("format", "format_version")})
-    return {**record, "checkpoint": str(file)}
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DsvaeError(f"cannot create folder {target.parent} for the polish: {exc.strerror}") from exc
+    ckpt_io.save_checkpoint(target, {k: v for k, v in ckpt.items() if k not in ("format", "format_version")})
+    if config is not None:
+        atomic_write_text(target.parent.parent / "config.json", config.read_text())
+    return {**record, "checkpoint": str(target)}
+
+
+def _polish_target(file: Path, out: str | os.PathLike | None) -> tuple[Path, Path | None]:
+    """Where ``polish_run`` writes the polish of checkpoint ``file``, and the run config to copy beside it."""
+    from dsvae.training.checkpoint import LAST
+
+    in_run = file.parent.name == "checkpoints"
+    if out is None:
+        if in_run and file.name.startswith("step_"):
+            raise DsvaeError(f"{file} is a periodic checkpoint: it keeps the run's unpolished weights, so its "
+                             "polish is not written over it; give a new run folder or .pt file to write to "
+                             "(--out)")
+        return file, None
+    out = Path(out)
+    if out.suffix == ".pt" and not out.is_dir():
+        if out.exists():
+            raise DsvaeError(f"{out} already exists; give a new file to write the polish to")
+        target, config = out, None
+    else:
+        if out.is_file() or (out.is_dir() and any(out.iterdir())):
+            raise DsvaeError(f"{out} already exists and is not an empty folder; give a new run folder to write "
+                             "the polish to")
+        target = out / "checkpoints" / LAST
+        source = file.parent.parent / "config.json"
+        config = source if in_run and source.is_file() else None
+    return target, config

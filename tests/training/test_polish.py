@@ -163,6 +163,34 @@ def test_polish_run_without_a_weight_average_polishes_the_trained_weights(tmp_pa
     assert "ema" not in after and changed and all(k.startswith("decoder.") for k in changed)
 
 
+def test_polish_run_keeps_a_periodic_checkpoint_and_writes_its_polish_elsewhere(tmp_path, procedural_h5):
+    run = train(data=str(procedural_h5), out=str(tmp_path / "run"), max_steps=8, ema_decay=0.9, **FAST).run_dir
+    step = run / "checkpoints" / "step_0000008.pt"
+    before = step.read_bytes()
+    with pytest.raises(DsvaeError, match="periodic checkpoint"):
+        polish_run(step, procedural_h5, steps=2, progress=False)
+    assert step.read_bytes() == before
+    # to a new run folder: its last.pt, with the source run's config.json; the source stays as it was
+    done = polish_run(step, procedural_h5, steps=3, bn_batches=1, out=tmp_path / "polished", progress=False)
+    copy = tmp_path / "polished"
+    assert done["checkpoint"] == str(copy / "checkpoints" / "last.pt") and done["steps"] == 3
+    assert (copy / "config.json").read_text() == (run / "config.json").read_text()
+    assert step.read_bytes() == before and "polished" not in load_checkpoint(run)
+    polished = load_checkpoint(copy)
+    assert polished["polished"]["steps"] == 3 and polished["step"] == 8
+    assert _changed(load_checkpoint(step)["ema"]["weights"], polished["ema"]["weights"]) == {"decoder"}
+    loaded = dsvae.load(copy)
+    assert all(torch.equal(v, polished["ema"]["weights"][k]) for k, v in loaded.state_dict().items())
+    # to a checkpoint file; an existing target is refused before any work
+    file = tmp_path / "alone.pt"
+    polish_run(run, procedural_h5, steps=2, bn_batches=0, out=file, progress=False)
+    assert load_checkpoint(file)["polished"]["steps"] == 2 and "polished" not in load_checkpoint(run)
+    for target in (copy, file, run):
+        with pytest.raises(DsvaeError, match="already"):
+            polish_run(step, procedural_h5, steps=2, out=target, progress=False)
+    assert (copy / "checkpoints" / "last.pt").is_file() and load_checkpoint(file)["polished"]["steps"] == 2
+
+
 def test_trainer_polishes_at_the_end_and_not_again_on_resume(tmp_path, procedural_h5):
     kw = dict(data=str(procedural_h5), out=str(tmp_path / "run"), max_steps=6, ema_decay=0.9, bn_recalibrate=2, **FAST)
     result = train(polish_minutes=0.01, **kw)
@@ -193,6 +221,13 @@ def test_cli_polish(tmp_path, procedural_h5, capsys):
     assert load_checkpoint(run)["polished"]["steps"] == 3
     assert main(["polish", "--run", str(run), "--data", str(procedural_h5), "--steps", "3", "--quiet"]) == 2
     assert "already polished" in capsys.readouterr().err
+    step = str(run / "checkpoints" / "step_0000004.pt")
+    assert main(["polish", "--run", step, "--data", str(procedural_h5), "--steps", "2", "--quiet"]) == 2
+    assert "periodic checkpoint" in capsys.readouterr().err and "polished" not in load_checkpoint(step)
+    assert main(["polish", "--run", step, "--data", str(procedural_h5), "--steps", "2", "--bn-batches", "0",
+                 "--out", str(tmp_path / "copy"), "--quiet"]) == 0
+    assert f"written to {tmp_path / 'copy' / 'checkpoints' / 'last.pt'}" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "copy")["polished"]["steps"] == 2 and "polished" not in load_checkpoint(step)
     other = train(data=str(procedural_h5), out=str(tmp_path / "other"), max_steps=4, **FAST).run_dir
     assert main(["polish", "--run", str(other), "--data", str(procedural_h5), "--steps", "2", "--bn-batches", "0",
                  "--swap-weight", "0.5", "--quiet"]) == 0
