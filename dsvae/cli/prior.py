@@ -12,7 +12,9 @@ uses and decode as blends. Ex-post density estimation: no labels read, no weight
 
 Written back into the run's last checkpoint (atomically), for its trained weights and its weight average
 when it keeps one; a mixture fitted before is replaced. The same runs at the end of training when the
-model is built with --set static_prior_components=K.
+model is built with --set static_prior_components=K. --out writes the fitted checkpoint to a new run
+folder (or .pt file) instead and leaves the source as it was: to compare the N(0, I) and fitted priors of
+one checkpoint, or to fit a periodic checkpoint (step_*.pt), which is never changed in place.
 """
 
 
@@ -20,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit-prior", help="fit a trained run's static prior to its training codes (seconds)",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run folder (its last checkpoint) or a checkpoint file")
+    p.add_argument("--out", help="write the fitted checkpoint to this new run folder (its checkpoints/last.pt, with "
+                                 "the source run's config.json) or .pt file, and leave --run as it was; needed "
+                                 "when --run is a periodic checkpoint (step_*.pt)")
     p.add_argument("--data", required=True, help="data set .h5 file whose training split is encoded")
     p.add_argument("--components", type=int, default=64, help="Gaussians in the mixture (default 64)")
     p.add_argument("--iterations", type=int, default=200, help="at most this many EM rounds (default 200)")
@@ -37,7 +42,7 @@ def _fit(args: argparse.Namespace) -> int:
 
     done = fit_static_prior_run(args.run, args.data, components=args.components, iterations=args.iterations,
                                 device=args.device, amp=args.amp, seed=args.seed, resident=not args.lazy,
-                                progress=not args.quiet)
+                                progress=not args.quiet, out=args.out)
     for which in ("raw", "ema"):
         if which in done:
             r = done[which]

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from dsvae.errors import DsvaeError
-from dsvae.io import atomic_write_bytes
+from dsvae.io import atomic_write_bytes, atomic_write_text
 
 FORMAT = "dsvae-checkpoint"
 FORMAT_VERSION = 1
@@ -40,6 +40,44 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not path.exists():
         raise DsvaeError(f"checkpoint or run folder {path} does not exist")
     return path
+
+
+def derived_target(file: Path, out: str | os.PathLike | None, what: str) -> tuple[Path, Path | None]:
+    """Where a command that changes checkpoint ``file`` (``what``: "polish", "fitted prior") writes its result,
+    and the run's ``config.json`` to copy beside it (or None).
+
+    Without ``out``: ``file`` itself, except a run's periodic checkpoint (``checkpoints/step_*.pt``), which
+    keeps the run as it was trained and is refused. With ``out``: a new ``.pt`` file, or a new (or empty)
+    run folder, written as its ``checkpoints/last.pt`` beside a copy of the source run's ``config.json``.
+    Raises :class:`DsvaeError` before any work when the target is not acceptable."""
+    in_run = file.parent.name == "checkpoints"
+    if out is None:
+        if in_run and file.name.startswith("step_"):
+            raise DsvaeError(f"{file} is a periodic checkpoint: it keeps the run as it was trained, so the {what} "
+                             "is not written over it; give a new run folder or .pt file to write to (--out)")
+        return file, None
+    out = Path(out)
+    if out.suffix == ".pt" and not out.is_dir():
+        if out.exists():
+            raise DsvaeError(f"{out} already exists; give a new file to write the {what} to")
+        return out, None
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        raise DsvaeError(f"{out} already exists and is not an empty folder; give a new run folder to write the "
+                         f"{what} to")
+    source = file.parent.parent / "config.json"
+    return out / "checkpoints" / LAST, (source if in_run and source.is_file() else None)
+
+
+def write_derived(target: Path, ckpt: Mapping[str, Any], config: Path | None) -> None:
+    """Write checkpoint ``ckpt`` to ``target`` (from :func:`derived_target`), its folder created, atomically,
+    and the run config beside it when ``config`` names one."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DsvaeError(f"cannot create folder {target.parent}: {exc.strerror}") from exc
+    save_checkpoint(target, {k: v for k, v in ckpt.items() if k not in ("format", "format_version")})
+    if config is not None:
+        atomic_write_text(target.parent.parent / "config.json", config.read_text())
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

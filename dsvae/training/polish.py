@@ -28,7 +28,6 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +36,6 @@ from tqdm.auto import tqdm
 
 from dsvae.data.dataset import SpritesDataset
 from dsvae.errors import DsvaeError
-from dsvae.io import atomic_write_text
 from dsvae.models.base import reconstruction_loss
 from dsvae.training.batchnorm import recalibrate_batchnorm
 
@@ -252,7 +250,7 @@ def polish_run(run: str | os.PathLike, data: str | os.PathLike, minutes: float |
     from dsvae.training.trainer import amp_dtype, resolve_device
 
     file = ckpt_io.resolve_checkpoint(run)
-    target, config = _polish_target(file, out)
+    target, config = ckpt_io.derived_target(file, out, "polish")
     ckpt = ckpt_io.load_checkpoint(file)
     if "polished" in ckpt:
         raise DsvaeError(f"{file} is already polished ({ckpt['polished']['steps']} steps); the unpolished "
@@ -274,37 +272,5 @@ def polish_run(run: str | os.PathLike, data: str | os.PathLike, minutes: float |
         ckpt["model"] = weights
     record = result.record(which, data)
     ckpt["polished"] = record
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DsvaeError(f"cannot create folder {target.parent} for the polish: {exc.strerror}") from exc
-    ckpt_io.save_checkpoint(target, {k: v for k, v in ckpt.items() if k not in ("format", "format_version")})
-    if config is not None:
-        atomic_write_text(target.parent.parent / "config.json", config.read_text())
+    ckpt_io.write_derived(target, ckpt, config)
     return {**record, "checkpoint": str(target)}
-
-
-def _polish_target(file: Path, out: str | os.PathLike | None) -> tuple[Path, Path | None]:
-    """Where ``polish_run`` writes the polish of checkpoint ``file``, and the run config to copy beside it."""
-    from dsvae.training.checkpoint import LAST
-
-    in_run = file.parent.name == "checkpoints"
-    if out is None:
-        if in_run and file.name.startswith("step_"):
-            raise DsvaeError(f"{file} is a periodic checkpoint: it keeps the run's unpolished weights, so its "
-                             "polish is not written over it; give a new run folder or .pt file to write to "
-                             "(--out)")
-        return file, None
-    out = Path(out)
-    if out.suffix == ".pt" and not out.is_dir():
-        if out.exists():
-            raise DsvaeError(f"{out} already exists; give a new file to write the polish to")
-        target, config = out, None
-    else:
-        if out.is_file() or (out.is_dir() and any(out.iterdir())):
-            raise DsvaeError(f"{out} already exists and is not an empty folder; give a new run folder to write "
-                             "the polish to")
-        target = out / "checkpoints" / LAST
-        source = file.parent.parent / "config.json"
-        config = source if in_run and source.is_file() else None
-    return target, config

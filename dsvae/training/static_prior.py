@@ -158,17 +158,24 @@ def fit_static_prior(model: nn.Module, ds: SpritesDataset, iterations: int = 200
 
 def fit_static_prior_run(run: str | os.PathLike, data: str | os.PathLike, components: int = 64,
                          iterations: int = 200, device: str = "auto", amp: str = "auto", seed: int = 0,
-                         resident: bool = True, progress: bool = True) -> dict[str, Any]:
+                         resident: bool = True, progress: bool = True,
+                         out: str | os.PathLike | None = None) -> dict[str, Any]:
     """Fit a static prior mixture of ``components`` Gaussians for a run (a run folder, i.e. its ``last.pt``, or a
     checkpoint file) and write it back atomically: for its trained weights and, when it keeps one, its weight
     average (each with its own encoder's codes). A mixture fitted before is replaced. Returns the record stored
     under ``"static_prior"`` (``{"raw": ..., "ema": ...}``, each a :class:`StaticPriorFit` record) plus the
-    checkpoint file. Training the run further leaves the mixture as fitted, so fit again afterwards."""
+    checkpoint file. Training the run further leaves the mixture as fitted, so fit again afterwards.
+
+    ``out`` writes the fitted checkpoint elsewhere and leaves ``run`` as it was: a path ending in ``.pt`` is a
+    checkpoint file, anything else a new run folder (its ``checkpoints/last.pt``, with the source run's
+    ``config.json``). A periodic checkpoint (``checkpoints/step_*.pt``) is fitted only that way: it keeps the
+    run as trained, with the N(0, I) prior. The target is checked before any work."""
     from dsvae.models import build_model
     from dsvae.training import checkpoint as ckpt_io
     from dsvae.training.trainer import amp_dtype, resolve_device
 
     file = ckpt_io.resolve_checkpoint(run)
+    target, run_config = ckpt_io.derived_target(file, out, "fitted prior")
     ckpt = ckpt_io.load_checkpoint(file)
     if "model_type" not in ckpt or "model" not in ckpt:
         raise DsvaeError(f"{file} has no model weights")
@@ -202,5 +209,5 @@ def fit_static_prior_run(run: str | os.PathLike, data: str | os.PathLike, compon
         ds.close()
     ckpt["model_config"] = model.config.to_dict()
     ckpt["static_prior"] = records
-    ckpt_io.save_checkpoint(file, {k: v for k, v in ckpt.items() if k not in ("format", "format_version")})
-    return {**records, "checkpoint": str(file)}
+    ckpt_io.write_derived(target, ckpt, run_config)
+    return {**records, "checkpoint": str(target)}

@@ -144,6 +144,34 @@ def test_fit_run_writes_both_weight_sets_and_eval_records_it(tmp_path, procedura
     assert more.step == 8
 
 
+def test_fit_run_keeps_a_periodic_checkpoint_and_writes_its_fit_elsewhere(tmp_path, procedural_h5):
+    run = train(data=str(procedural_h5), out=str(tmp_path / "run"), max_steps=6, ema_decay=0.9, **FAST).run_dir
+    step = run / "checkpoints" / "step_0000006.pt"
+    before, last = step.read_bytes(), (run / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(DsvaeError, match="periodic checkpoint"):
+        fit_static_prior_run(step, procedural_h5, components=2, progress=False)
+    assert step.read_bytes() == before
+    # to a new run folder: its last.pt, the source run's config.json beside it; the sources stay as they were
+    copy = tmp_path / "fitted"
+    done = fit_static_prior_run(step, procedural_h5, components=2, out=copy, progress=False)
+    assert done["checkpoint"] == str(copy / "checkpoints" / "last.pt") and done["ema"]["components"] == 2
+    assert (copy / "config.json").read_text() == (run / "config.json").read_text()
+    assert step.read_bytes() == before and (run / "checkpoints" / "last.pt").read_bytes() == last
+    fitted = load_checkpoint(copy)
+    assert fitted["model_config"]["static_prior_components"] == 2 and int(fitted["model"]["static_prior_fitted"]) > 0
+    source = load_checkpoint(step)
+    assert all(torch.equal(v, source["model"][k]) for k, v in fitted["model"].items() if k not in BUFFERS)
+    assert dsvae.load(copy).config.static_prior_components == 2
+    # to a checkpoint file; an existing target is refused before any work
+    file = tmp_path / "alone.pt"
+    fit_static_prior_run(run, procedural_h5, components=3, out=file, progress=False)
+    assert load_checkpoint(file)["static_prior"]["raw"]["components"] == 3 and "static_prior" not in load_checkpoint(run)
+    for target in (copy, file, run):
+        with pytest.raises(DsvaeError, match="already"):
+            fit_static_prior_run(step, procedural_h5, components=2, out=target, progress=False)
+    assert load_checkpoint(file)["static_prior"]["raw"]["components"] == 3
+
+
 def test_fit_run_refuses_models_without_a_static_prior(tmp_path, procedural_h5):
     run = train(model="vae", data=str(procedural_h5), out=str(tmp_path / "vae"), max_steps=2, **FAST).run_dir
     with pytest.raises(DsvaeError, match="no static prior"):
@@ -182,6 +210,12 @@ def test_cli_fit_prior(tmp_path, procedural_h5, capsys):
     assert "static_prior_components" in capsys.readouterr().err
     assert main(["fit-prior", "--run", str(tmp_path / "missing"), "--data", str(procedural_h5), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    step = run / "checkpoints" / "step_0000004.pt"
+    assert main(["fit-prior", "--run", str(step), "--data", str(procedural_h5), "--components", "2", "--quiet"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["fit-prior", "--run", str(step), "--data", str(procedural_h5), "--components", "2",
+                 "--out", str(tmp_path / "copy"), "--quiet"]) == 0
+    assert f"written to {tmp_path / 'copy' / 'checkpoints' / 'last.pt'}" in capsys.readouterr().out
 
 
 def test_cli_train_fits_the_static_prior_at_the_end(tmp_path, procedural_h5, capsys):
