@@ -639,7 +639,7 @@ def _stages(out: Path, data: str, data_file: Path, cfg: DemoConfig, config: str 
     """Everything after the checks: judge, training set, training, outputs, evaluation, report."""
     from dsvae.evaluation.protocol import evaluate
     from dsvae.models.presets import get_preset
-    from dsvae.training.trainer import train
+    from dsvae.training.trainer import cpu_has_native_bf16, train
 
     notes: list[str] = []
     t0 = time.time()
@@ -661,7 +661,7 @@ def _stages(out: Path, data: str, data_file: Path, cfg: DemoConfig, config: str 
 
     train_amp = amp
     if amp == "auto":
-        train_amp = "bf16" if dev.type == "cuda" or _cpu_bf16() else "off"
+        train_amp = "bf16" if dev.type == "cuda" or cpu_has_native_bf16() else "off"
     say(f"training: dsvae preset '{cfg.preset}' on {dev}" + (f", at most {minutes:g} min" if minutes else "")
         + f" -> {out / RUN_DIR}")
     t0 = time.time()
@@ -737,14 +737,6 @@ def _planned_steps(run_dir: Path) -> int | None:
     by_epochs = max(1, math.ceil(cfg["epochs"] * per_epoch)) if cfg.get("epochs") else None
     options = [v for v in (cfg.get("max_steps"), by_epochs) if v is not None]
     return min(options) if options else None
-
-
-def _cpu_bf16() -> bool:
-    """True when this CPU has native bf16 arithmetic (where bf16 autocast speeds training up)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 __all__ = ["DEMO_CONFIGS", "DemoConfig", "DemoResult", "FILES", "TARGET", "judge_cache_path", "plot_loss_curve",

@@ -229,7 +229,7 @@ def evaluate(
     ``seconds`` and the ``markdown_header`` / ``markdown_row`` / ``markdown_real_row``.
     """
     from dsvae.training.runtime import apply_cpu_allocator_settings
-    from dsvae.training.trainer import resolve_device
+    from dsvae.training.trainer import resolve_device, warn_if_slow_bf16
 
     t_start = time.time()
     if not isinstance(repeats, int) or repeats <= 0:
@@ -280,6 +280,8 @@ def evaluate(
                         f"{judge_model.image_size}x{judge_model.image_size}")
 
     use_amp = amp == "bf16"
+    if use_amp:
+        warn_if_slow_bf16(dev)
     batches = -(-n // batch_size)
     rng_devices = [dev] if dev.type == "cuda" else []
     results: dict[str, Any] = {}

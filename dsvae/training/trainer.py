@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -119,12 +120,34 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+class SlowBf16(UserWarning):
+    """bf16 autocast was asked for on a CPU without native bf16 arithmetic, where it is far slower than float32."""
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU has native bf16 arithmetic (oneDNN's check: AVX-512 or AMX on x86, bf16 on Arm),
+    where bf16 autocast speeds training up; elsewhere (an AVX2-only x86) it runs ~25x slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def warn_if_slow_bf16(device: torch.device) -> None:
+    """Warn (:class:`SlowBf16`) that bf16 autocast on ``device`` will be slow: a CPU without native bf16."""
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(SlowBf16("bf16 autocast was asked for, but this CPU has no native bf16 arithmetic (no "
+                               "AVX-512 / AMX): it runs many times slower than float32 here (~25x for a cdsvae "
+                               "training step, BENCHMARKS.md section 2); use --amp off"), stacklevel=3)
+
+
 def amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
     if choice == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if choice in ("off", "none", "fp32"):
         return None
     if choice == "bf16":
+        warn_if_slow_bf16(device)
         return torch.bfloat16
     raise DsvaeError(f"unknown --amp {choice!r} (use auto, bf16 or off)")
 

@@ -28,14 +28,27 @@ def test_the_gpu_check_runs_the_pipeline_and_copies_its_results(procedural_h5, t
                 REQUIRE_CUDA="0", MINUTES="1")
     assert done.returncode == 0, done.stderr[-2000:]
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["RESULTS.json", "RESULTS.md", "env.txt", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["RESULTS.json", "RESULTS.md", "env.txt", "metrics.jsonl",
+                                                     "smoke.log"]
     env = (out / "env.txt").read_text()
     assert f"torch {torch.__version__}" in env and "minutes 1;" in env and "pipeline exit status 0" in env
+    # the smoke run came first: 20 steps without the motion mix, 45 videos, then the main run
+    assert "smoke run passed" in env and env.index("smoke run passed") < env.index("pipeline exit status")
+    smoke = json.loads((tmp_path / "work" / "smoke" / "RESULTS.json").read_text())["variants"][0]
+    assert smoke["training"]["steps"] == 20 and smoke["n_videos"] == 45 and smoke["training"]["mix"] == "none"
     report = json.loads((out / "RESULTS.json").read_text())["variants"][0]
     assert report["training"]["model"] == "cdsvae" and report["training"]["preset"] == "tiny"  # the caller's arguments won
     assert report["training"]["steps"] == 2 and report["training"]["minutes_budget"] == 1
     assert report["training"]["data"].endswith("train_mixed_colours.h5")  # colour-paired mixing, no labels
     assert report["n_videos"] == 18 and report["dynamic"]["status"] == "ok"
+
+
+def test_a_failed_smoke_run_stops_before_the_main_run(tmp_path):
+    done = _run(tmp_path, "--data", "procedural", "--variants", "no-such-variant", REQUIRE_CUDA="0", MINUTES="1")
+    assert done.returncode == 3 and "smoke run failed" in done.stderr and "no-such-variant" in done.stderr
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["env.txt", "smoke.log"]
+    assert "pipeline exit status" not in (out / "env.txt").read_text()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")

@@ -314,3 +314,26 @@ def test_a_preset_can_set_the_lr_schedule_and_weight_average():
     assert no_average.ema_decay == 0.0  # every ingredient switches off
     plain, _ = trainer_mod._resolve_config(trainer_mod.TrainConfig(model="cdsvae", preset="cpu"))
     assert plain.lr_schedule == "constant" and plain.ema_decay == 0.0
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, tmp_path, procedural_h5, tiny_judge):
+    import warnings
+
+    from dsvae.evaluation.protocol import evaluate
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert trainer_mod.cpu_has_native_bf16() in (True, False)  # this machine's answer, whichever it is
+    monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(trainer_mod.SlowBf16, match="--amp off"):
+        assert trainer_mod.amp_dtype("bf16", cpu) is torch.bfloat16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert trainer_mod.amp_dtype("off", cpu) is None and trainer_mod.amp_dtype("auto", cpu) is None
+        assert trainer_mod.amp_dtype("bf16", cuda) is torch.bfloat16  # a GPU's bf16 is native
+    run = train(data=str(procedural_h5), out=str(tmp_path / "run"), max_steps=1, **FAST).run_dir
+    with pytest.warns(trainer_mod.SlowBf16):
+        evaluate(run, tiny_judge.path, procedural_h5, repeats=1, limit=9, amp="bf16", progress=False)
+    monkeypatch.setattr(trainer_mod, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert trainer_mod.amp_dtype("bf16", cpu) is torch.bfloat16
