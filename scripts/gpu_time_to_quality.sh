@@ -3,12 +3,14 @@
 #
 # One prepared command for a CUDA machine, run from the repository root:
 #
-#   SHEETS=path/to/sprites-lpc JUDGE=runs/judge_lpc.pt MINUTES=5 OUT=gpu_out scripts/gpu_time_to_quality.sh
+#   SHEETS=path/to/sprites-lpc JUDGE=runs/judge_lpc.pt MINUTES=4 OUT=gpu_out scripts/gpu_time_to_quality.sh
 #
 # It records the GPU and library versions, then runs scripts/sota_pipeline.py: builds the data set from
 # the raw LPC layers in SHEETS, the colour-paired motion-mixed training split (no labels), trains the
 # cdsvae `cpu-best` recipe for MINUTES wall-clock minutes on the GPU (its cosine decay spans them), and
-# judges all test videos (3 repeats) with JUDGE (trained there first when JUDGE is not a file). The
+# judges all test videos (3 repeats) with JUDGE (trained there first when JUDGE is not a file), and along
+# the run up to 8 of its checkpoints (one each 1,000 steps) on 900 test videos: the time-to-quality curve
+# (RESULTS.md "Along the run"; scripts/sota_pipeline.py --curve). The
 # pipeline's folder stays in WORK; OUT gets RESULTS.md, RESULTS.json, the run's metrics.jsonl, env.txt
 # and smoke.log (at most 5 files, for machines that send back only a few).
 #
@@ -21,13 +23,13 @@
 # REQUIRE_CUDA=0 lets it run without a GPU (the test suite's smoke test does, at tiny scale).
 #
 # Sizing for a device lease (one command at most 10 minutes): data build ~5 s, motion mix ~30 s, judge (when
-# JUDGE is not a file) 1-2 min (not measured on a GPU yet), smoke ~1 min, evaluation ~1 min (likewise), so
-# MINUTES=5 leaves a margin. Start it at once when a lease is there: a lease can close while waiting.
+# JUDGE is not a file) 1-2 min (not measured on a GPU yet), smoke ~1 min, evaluation ~1 min and the curve
+# ~1 min (likewise), so MINUTES=4 leaves a margin. Start it at once when a lease is there: a lease can close while waiting.
 set -euo pipefail
 
 SHEETS=${SHEETS:-../shared/sprites-lpc}
 JUDGE=${JUDGE:-runs/judge_lpc.pt}
-MINUTES=${MINUTES:-5}
+MINUTES=${MINUTES:-4}
 OUT=${OUT:-gpu_out}
 WORK=${WORK:-${TMPDIR:-/tmp}/dsvae_gpu_time_to_quality}
 PYTHON=${PYTHON:-python3}
@@ -61,7 +63,7 @@ if [ "$SMOKE" = 1 ]; then
     # the same pipeline and arguments, tiny: 20 steps, no motion mix, 45 test videos, one repeat
     if ! "$PYTHON" "$here/scripts/sota_pipeline.py" --out "$WORK/smoke" --data lpc --sheets "$SHEETS" --judge "$JUDGE" \
         --judge-size 64 --judge-widths field --judge-epochs 6 --preset cpu-best --variants all \
-        --minutes "$MINUTES" --repeats 3 --overwrite --quiet "$@" \
+        --minutes "$MINUTES" --repeats 3 --curve 900 --curve-every 1000 --overwrite --quiet "$@" \
         --mix none --max-steps 20 --eval-limit 45 --repeats 1 > "$OUT/smoke.log" 2>&1; then
         tail -n 40 "$OUT/smoke.log" >&2
         echo "smoke run failed after $(( $(date +%s) - start )) s (log: $OUT/smoke.log)" | tee -a "$OUT/env.txt" >&2
@@ -72,7 +74,7 @@ fi
 status=0
 "$PYTHON" "$here/scripts/sota_pipeline.py" --out "$WORK" --data lpc --sheets "$SHEETS" --judge "$JUDGE" \
     --judge-size 64 --judge-widths field --judge-epochs 6 --preset cpu-best --variants all --mix colours \
-    --minutes "$MINUTES" --repeats 3 --overwrite --quiet "$@" \
+    --minutes "$MINUTES" --repeats 3 --curve 900 --curve-every 1000 --overwrite --quiet "$@" \
     || status=$?
 echo "pipeline exit status $status after $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
 

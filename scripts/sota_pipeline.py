@@ -24,6 +24,10 @@ Variants (``--variants``, comma separated, in table order):
     all+prior  all + the prior-sampled positives
     all-X      all without ingredient X (X = static, dynamic, mi)
 
+``--curve N`` also measures time to quality along each run: a checkpoint every ``--curve-every`` steps, all
+kept, up to ``--curve-max`` of them judged on the first N test videos (1 repeat), tabulated against the
+training seconds.
+
 Each variant trains for ``--minutes`` wall-clock minutes (no epoch cap unless --epochs; --max-steps
 gives equal step budgets instead, fairer on a machine whose load changes), with the same seed. Unsupervised: the models never see
 labels (only the judge does). A variant whose RESULTS.json exists is reused unless --overwrite.
@@ -224,12 +228,14 @@ def run_variant(name: str, args: argparse.Namespace, out: Path, data: Path, judg
         f"for {args.minutes} min")
     # no epoch cap unless asked for: the wall-clock budget (or --max-steps) ends every variant
     epochs = args.epochs if args.epochs is not None or args.max_steps is not None else 1e6
+    # --curve keeps every periodic checkpoint, one each --curve-every steps
+    periodic = dict(checkpoint_every=args.curve_every, keep_checkpoints=10**6) if args.curve else {}
     res = train(data=str(train_data or data), out=str(run_dir), model=model, preset=args.preset, model_config=overrides,
                 max_minutes=args.minutes, epochs=epochs, max_steps=args.max_steps, amp=args.amp,
                 channels_last=not args.no_channels_last,
                 lr=args.lr, lr_schedule=args.lr_schedule, lr_decay_end=args.lr_decay_end, ema_decay=args.ema_decay,
                 bn_recalibrate=args.bn_recalibrate, polish_minutes=args.polish_minutes, batch_size=args.batch_size,
-                seed=args.seed, progress=not args.quiet, overwrite=True, sample_every=args.sample_every)
+                seed=args.seed, progress=not args.quiet, overwrite=True, sample_every=args.sample_every, **periodic)
     log(f"{name}: {res.step} steps in {res.seconds:.0f} s; last metrics {res.metrics}")
     # the run folder, not res.model: its weight average when it kept one (what dsvae.load gives)
     report = evaluate(run_dir, judge, data, repeats=args.repeats, limit=args.eval_limit, amp=args.eval_amp,
@@ -244,9 +250,48 @@ def run_variant(name: str, args: argparse.Namespace, out: Path, data: Path, judg
                           "seconds": res.seconds, "minutes_budget": args.minutes, "run_dir": str(run_dir),
                           "final_metrics": res.metrics, "torch_threads": torch.get_num_threads(),
                           "parameters": res.model.num_parameters()}
+    if args.curve:
+        report["curve"] = quality_curve(run_dir, judge, data, args)
     results_file.write_text(json.dumps(report, indent=2) + "\n")
     log(f"{name}: {report['markdown_row']} (eval {report['seconds']:.0f} s)")
     return report
+
+
+def quality_curve(run_dir: Path, judge: Path, data: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Quality along one run (time to quality): each periodic checkpoint ``step_*.pt`` (the weights
+    ``dsvae.load`` takes of it: the weight average when kept, its batch-norm statistics as averaged, not
+    recomputed; no polish) judged on the first ``--curve`` test videos, one repeat, at the training seconds
+    metrics.jsonl logged for its step (or for the last step logged before it, at most ``log_every`` steps
+    earlier, when the time budget ended the run between two log lines)."""
+    from dsvae.evaluation.protocol import evaluate
+
+    seconds: dict[int, float] = {}
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if "step" in row and "time" in row:
+                    seconds[int(row["step"])] = float(row["time"])
+    files = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    if len(files) > args.curve_max:  # evenly spaced, the last one included
+        files = [files[round(i * (len(files) - 1) / (args.curve_max - 1))] for i in range(args.curve_max)]
+    points = []
+    for file in files:
+        r = evaluate(file, judge, data, repeats=1, limit=args.curve, amp=args.eval_amp, seed=args.seed,
+                     progress=False, name=file.stem)
+        step = r["model"]["step"]
+        logged = [s for s in seconds if s <= step]
+        point = {"step": step, "seconds": seconds[max(logged)] if logged else None, "checkpoint": str(file),
+                 "action_accuracy": r["dynamic"]["action_accuracy"]["mean"],
+                 "inception_score": r["dynamic"]["inception_score"]["mean"], "h_yx": r["dynamic"]["h_yx"]["mean"],
+                 "static_attribute_accuracy": r["static"]["attribute_accuracy"]["mean"],
+                 "swap_attribute_accuracy": r["swap"]["attribute_accuracy"]["mean"], "n_videos": r["n_videos"]}
+        points.append(point)
+        log(f"curve: step {step} ({point['seconds'] or 0:.0f} s): dynamic accuracy "
+            f"{100 * point['action_accuracy']:.2f}%, IS {point['inception_score']:.3f}, static / swap attributes "
+            f"{100 * point['static_attribute_accuracy']:.2f}% / {100 * point['swap_attribute_accuracy']:.2f}%")
+    return points
 
 
 def _pct(v: float) -> str:
@@ -275,6 +320,17 @@ def write_table(out: Path, args: argparse.Namespace, reports: list[dict[str, Any
         over = ", ".join(f"{k}={v}" for k, v in t["overrides"].items()) or "-"
         lines.append(f"| {r['name']} | {t['model']} | {over} | {t['steps']} | {t['seconds']:.0f} | "
                      f"{r['n_videos']} | {r['repeats']} |")
+    for r in reports:
+        if r.get("curve"):
+            lines += ["", f"### Along the run: {r['name']} (periodic checkpoints, first {r['curve'][0]['n_videos']} "
+                      "test videos, 1 repeat)", "",
+                      "| step | train s | dynamic acc | IS | H(y\\|x) | static attr | swap attr |",
+                      "|---:|---:|---:|---:|---:|---:|---:|"]
+            for pt in r["curve"]:
+                secs = "-" if pt["seconds"] is None else f"{pt['seconds']:.0f}"
+                lines.append(f"| {pt['step']} | {secs} | {_pct(pt['action_accuracy'])} | {pt['inception_score']:.3f} | "
+                             f"{pt['h_yx']:.3g} | {_pct(pt['static_attribute_accuracy'])} | "
+                             f"{_pct(pt['swap_attribute_accuracy'])} |")
     lines += ["", "## Setup", "",
               f"- data: `{data}` ({reports[0]['data']['source'] if reports else '?'}), test split, "
               f"{reports[0]['selection'] if reports else ''}",
@@ -353,11 +409,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-every", type=int, default=0, help="training sample GIF interval (default 0 = off)")
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: torch's choice; 1 is several times faster on a loaded machine)")
+    p.add_argument("--curve", type=int, metavar="N",
+                   help="time to quality: also judge every periodic checkpoint of each run on the first N test "
+                        "videos (1 repeat) and tabulate quality against training seconds (default: off)")
+    p.add_argument("--curve-every", type=int, default=500, metavar="STEPS",
+                   help="with --curve, a checkpoint every STEPS training steps, all kept (default 500)")
+    p.add_argument("--curve-max", type=int, default=8, metavar="K",
+                   help="with --curve, judge at most K of them, evenly spaced, the last included (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="redo steps whose outputs exist")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
 
+    if args.curve is not None and (args.curve <= 0 or args.curve_every <= 0 or args.curve_max < 2):
+        print("error: --curve and --curve-every must be positive and --curve-max at least 2", file=sys.stderr)
+        return 2
     if args.threads is not None:
         if args.threads <= 0:
             print("error: --threads must be positive", file=sys.stderr)

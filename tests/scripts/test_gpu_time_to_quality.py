@@ -41,6 +41,7 @@ def test_the_gpu_check_runs_the_pipeline_and_copies_its_results(procedural_h5, t
     assert report["training"]["steps"] == 2 and report["training"]["minutes_budget"] == 1
     assert report["training"]["data"].endswith("train_mixed_colours.h5")  # colour-paired mixing, no labels
     assert report["n_videos"] == 18 and report["dynamic"]["status"] == "ok"
+    assert [p["step"] for p in report["curve"]] == [2] and report["curve"][0]["n_videos"] == 900  # the time curve
 
 
 def test_a_failed_smoke_run_stops_before_the_main_run(tmp_path):

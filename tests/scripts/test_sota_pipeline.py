@@ -28,3 +28,28 @@ def test_pipeline_with_colour_mixing_writes_the_table(procedural_h5, tiny_judge,
     # a bad variant name is a clear error before any work
     assert pipeline.main(["--out", str(tmp_path / "bad"), "--variants", "nope", "--quiet"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_curve_judges_every_periodic_checkpoint_against_training_seconds(procedural_h5, tiny_judge, tmp_path,
+                                                                         capsys, load_script):
+    pipeline = load_script("sota_pipeline")
+    out = tmp_path / "curve"
+    args = ["--out", str(out), "--data", "procedural", "--data-file", str(procedural_h5),
+            "--judge", str(tiny_judge.path), "--preset", "tiny", "--max-steps", "6", "--variants", "all",
+            "--eval-limit", "18", "--repeats", "1", "--curve", "9", "--curve-every", "2", "--quiet"]
+    assert pipeline.main(args) == 0
+    report = json.loads((out / "RESULTS.json").read_text())["variants"][0]
+    curve = report["curve"]
+    assert [p["step"] for p in curve] == [2, 4, 6]  # every periodic checkpoint kept and judged, in step order
+    assert all(p["n_videos"] == 9 and 0.0 <= p["action_accuracy"] <= 1.0 for p in curve)
+    assert curve[0]["seconds"] is None and 0 < curve[-1]["seconds"] <= report["training"]["seconds"]  # logged at the last step only (log_every 50)
+    assert [p["checkpoint"].rsplit("/", 1)[-1] for p in curve] == [f"step_{s:07d}.pt" for s in (2, 4, 6)]
+    table = (out / "RESULTS.md").read_text()
+    assert "### Along the run: all" in table and "| 4 |" in table
+    # at most --curve-max of them, evenly spaced, the last one included
+    again = ["--out", str(tmp_path / "few")] + args[2:] + ["--curve-max", "2"]
+    assert pipeline.main(again) == 0
+    few = json.loads((tmp_path / "few" / "RESULTS.json").read_text())["variants"][0]["curve"]
+    assert [p["step"] for p in few] == [2, 6]
+    assert pipeline.main(["--out", str(tmp_path / "bad"), "--curve", "0", "--quiet"]) == 2
+    assert "--curve" in capsys.readouterr().err
