@@ -37,10 +37,10 @@ REQUIRE_CUDA=${REQUIRE_CUDA:-1}
 SMOKE=${SMOKE:-1}
 
 here=$(cd "$(dirname "$0")/.." && pwd)
-# the repository itself when dsvae is not installed (a bare GPU machine with PyTorch, h5py, einops, ...)
-if ! "$PYTHON" -c "import dsvae" 2>/dev/null; then
-    export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
-fi
+# this checkout's dsvae, installed or not (a bare GPU machine with PyTorch, h5py, einops, ...). Not a test of
+# `python -c "import dsvae"`: run from the repository root that finds ./dsvae, while the pipeline script
+# (sys.path[0] = scripts/) would not (seen on the first GPU lease)
+export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
 if [ "$REQUIRE_CUDA" = 1 ] && ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then

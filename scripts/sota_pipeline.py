@@ -146,19 +146,23 @@ def build_data(args: argparse.Namespace, out: Path) -> Path:
         log(f"data: using {args.data_file}")
         return Path(args.data_file)
     target = Path(args.data_file) if args.data_file else out / "data" / f"{args.data}.h5"
+    if target.is_file() and not args.overwrite:  # built by an earlier call into the same --out
+        log(f"data: reusing {target}")
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if args.data == "procedural":
         from dsvae.data.procedural import build_procedural
 
-        build_procedural(target, seed=args.seed, progress=not args.quiet)
+        build_procedural(target, seed=args.seed, overwrite=True, progress=not args.quiet)
     else:
         if not args.sheets:
             raise DsvaeError("--data lpc needs --sheets DIR (the raw LPC layers) or an existing --data-file")
         from dsvae.data.lpc import build_lpc
 
         sums = Path(args.sheets) / "SHA256SUMS"
-        build_lpc(args.sheets, target, checksums=sums if sums.is_file() else None, progress=not args.quiet)
+        build_lpc(args.sheets, target, checksums=sums if sums.is_file() else None, overwrite=True,
+                  progress=not args.quiet)
     log(f"data: built {target} in {time.time() - t0:.0f} s")
     return target
 

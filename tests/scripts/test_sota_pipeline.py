@@ -53,3 +53,15 @@ def test_curve_judges_every_periodic_checkpoint_against_training_seconds(procedu
     assert [p["step"] for p in few] == [2, 6]
     assert pipeline.main(["--out", str(tmp_path / "bad"), "--curve", "0", "--quiet"]) == 2
     assert "--curve" in capsys.readouterr().err
+
+
+def test_a_second_call_into_the_same_folder_reuses_or_rebuilds_the_data(tmp_path, tiny_judge, load_script):
+    pipeline = load_script("sota_pipeline")
+    out = tmp_path / "again"
+    args = ["--out", str(out), "--data", "procedural", "--judge", str(tiny_judge.path), "--preset", "tiny",
+            "--max-steps", "1", "--variants", "all", "--eval-limit", "9", "--repeats", "1", "--quiet"]
+    assert pipeline.main(args) == 0
+    built = out / "data" / "procedural.h5"
+    first = built.stat().st_mtime_ns
+    assert pipeline.main(args) == 0 and built.stat().st_mtime_ns == first  # reused
+    assert pipeline.main(args + ["--overwrite"]) == 0 and built.stat().st_mtime_ns != first  # rebuilt, not refused
