@@ -22,9 +22,11 @@
 # SMOKE=0 skips it.
 # REQUIRE_CUDA=0 lets it run without a GPU (the test suite's smoke test does, at tiny scale).
 #
-# Sizing for a device lease (one command at most 10 minutes): data build ~5 s, motion mix ~30 s, judge (when
-# JUDGE is not a file) 1-2 min (not measured on a GPU yet), smoke ~1 min, evaluation ~1 min and the curve
-# ~1 min (likewise), so MINUTES=4 leaves a margin. Start it at once when a lease is there: a lease can close while waiting.
+# Sizing for a device lease (one command at most 10 minutes; 15 device minutes in all), as measured on an H200
+# (BENCHMARKS.md section 7): smoke 25 s, data build 3 s, motion mix 6 s, evaluation 2 s, curve ~1 s a point;
+# the whole call took MINUTES plus ~60 s (298 s for MINUTES=4). A judge trained there: not measured yet. So
+# MINUTES=4 leaves room for a second call in the same lease. Send it at once when a lease is there: a lease
+# can close while waiting.
 set -euo pipefail
 
 SHEETS=${SHEETS:-../shared/sprites-lpc}
@@ -58,13 +60,14 @@ mkdir -p "$OUT"
     echo "minutes $MINUTES; extra arguments: $*"
 } | tee "$OUT/env.txt"
 
+pipeline=("$PYTHON" "$here/scripts/sota_pipeline.py" --data lpc --sheets "$SHEETS" --judge "$JUDGE" --judge-size 64
+          --judge-widths field --judge-epochs 6 --preset cpu-best --variants all --mix colours --minutes "$MINUTES"
+          --repeats 3 --curve 900 --curve-every 1000 --overwrite --quiet)
 start=$(date +%s)
 if [ "$SMOKE" = 1 ]; then
     # the same pipeline and arguments, tiny: 20 steps, no motion mix, 45 test videos, one repeat
-    if ! "$PYTHON" "$here/scripts/sota_pipeline.py" --out "$WORK/smoke" --data lpc --sheets "$SHEETS" --judge "$JUDGE" \
-        --judge-size 64 --judge-widths field --judge-epochs 6 --preset cpu-best --variants all \
-        --minutes "$MINUTES" --repeats 3 --curve 900 --curve-every 1000 --overwrite --quiet "$@" \
-        --mix none --max-steps 20 --eval-limit 45 --repeats 1 > "$OUT/smoke.log" 2>&1; then
+    if ! "${pipeline[@]}" --out "$WORK/smoke" "$@" --mix none --max-steps 20 --eval-limit 45 --repeats 1 \
+        > "$OUT/smoke.log" 2>&1; then
         tail -n 40 "$OUT/smoke.log" >&2
         echo "smoke run failed after $(( $(date +%s) - start )) s (log: $OUT/smoke.log)" | tee -a "$OUT/env.txt" >&2
         exit 3
@@ -72,10 +75,7 @@ if [ "$SMOKE" = 1 ]; then
     echo "smoke run passed in $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
 fi
 status=0
-"$PYTHON" "$here/scripts/sota_pipeline.py" --out "$WORK" --data lpc --sheets "$SHEETS" --judge "$JUDGE" \
-    --judge-size 64 --judge-widths field --judge-epochs 6 --preset cpu-best --variants all --mix colours \
-    --minutes "$MINUTES" --repeats 3 --curve 900 --curve-every 1000 --overwrite --quiet "$@" \
-    || status=$?
+"${pipeline[@]}" --out "$WORK" "$@" || status=$?
 echo "pipeline exit status $status after $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
 
 for f in RESULTS.md RESULTS.json; do
