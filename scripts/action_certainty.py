@@ -8,8 +8,13 @@ prior's mean), f of another test video, the video's own f; and, for reference, t
 Also: quantiles of the per-video entropy, the share of H(y|x) due to the most uncertain 1% of videos, the
 judge's doubt about the look (the mean entropy of its four attribute heads) and the mean norm of the decoded f. Calls ``dsvae.evaluation.diagnostics.action_certainty``.
 
+``--draws K`` also asks whether the doubt belongs to the video or to the look drawn for it
+(``dsvae.evaluation.diagnostics.action_doubt_sources``): K independent prior draws per video, the correlation
+of the per-video entropies between draws (~1: the video; ~0: the draw) and with the real video's, H(y|x) with
+each video's median draw, and the mean entropy per value of each attribute as the judge reads the decode.
+
     python scripts/action_certainty.py --run runs/cdsvae --judge runs/judge_lpc.pt \\
-        --data data/sprites.h5 --out runs/cdsvae/action_certainty.json --amp bf16
+        --data data/sprites.h5 --out runs/cdsvae/action_certainty.json --amp bf16 --draws 4
 """
 
 from __future__ import annotations
@@ -34,6 +39,19 @@ def table(result: dict[str, Any]) -> str:
                      f"{r['h_y']:.4f} | {q['50']:.4f} / {q['90']:.4f} / {q['99']:.4f} | "
                      f"{100 * r['worst_1pct_share']:.0f}% | {r['attribute_entropy']['mean']:.4f} | {norm} |")
     lines += [f"\n{source}: not applicable ({why})" for source, why in result.get("not_applicable", {}).items()]
+    doubt = result.get("doubt")
+    if doubt:
+        per_draw = ", ".join(f"{h:.4f}" for h in doubt["h_yx_per_draw"])
+        lines += ["", f"Video or look ({doubt['draws']} prior draws per video): H(y|x) per draw {per_draw}; with each "
+                  f"video's median draw {doubt['h_yx_median_draw']:.4f}; correlation of the per-video log-entropy "
+                  f"between draws {doubt['draw_correlation']:.3f}, with the real video's {doubt['real_correlation']:.3f}; "
+                  f"share of the worst 2% {100 * doubt['worst_2pct_share']:.0f}%", "",
+                  "| attribute | mean action entropy of the decodes judged as value 0-5 | real videos of value 0-5 |",
+                  "|---|---|---|"]
+        for name, values in doubt["by_judged_look"].items():
+            cells = [" / ".join("-" if v is None else f"{v:.4f}" for v in vs)
+                     for vs in (values, doubt["real_by_look"][name])]
+            lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
@@ -43,13 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=None, help="first N test videos (default: all)")
     p.add_argument("--scales", type=float, nargs="*", default=[0.8],
                    help="also decode the prior's draws scaled by each of these, in (0, 1] (default 0.8)")
+    p.add_argument("--draws", type=int, default=0, metavar="K",
+                   help="also split the doubt between video and look with K >= 2 prior draws per video "
+                        "(default 0: off)")
     args = p.parse_args(argv)
-    from dsvae.evaluation.diagnostics import action_certainty
+    from dsvae.evaluation.diagnostics import action_certainty, action_doubt_sources
 
     def diagnose(model, judge, device):
-        return action_certainty(model, judge, args.data, n_test=args.n_test, scales=tuple(args.scales),
-                                batch_size=args.batch_size, amp=args.amp == "bf16", device=device, seed=args.seed,
-                                progress=not args.quiet)
+        common = dict(n_test=args.n_test, batch_size=args.batch_size, amp=args.amp == "bf16", device=device,
+                      seed=args.seed, progress=not args.quiet)
+        result = action_certainty(model, judge, args.data, scales=tuple(args.scales), **common)
+        if args.draws:
+            result["doubt"] = action_doubt_sources(model, judge, args.data, draws=args.draws, **common)
+        return result
 
     return run_diagnostic(args, diagnose, dict, table)
 

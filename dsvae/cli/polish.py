@@ -41,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also ask that each sequence's f decoded with another's z encodes back to those codes "
                         "(the frozen encoder as critic; the negative log-likelihood under its posterior, times W). "
                         "Default 0 = off; costs a second decode and an encode per step")
+    p.add_argument("--prior-weight", type=float, default=0.0, metavar="W",
+                   help="also ask that each sequence's z decoded with a look drawn from the static prior (the "
+                        "dynamic test's decode) encodes back to that z (the frozen encoder as critic, times W). "
+                        "Default 0 = off; costs a second decode and an encode per step")
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
                    help="autocast precision: auto = bf16 on GPU, fp32 on CPU")
@@ -56,11 +60,13 @@ def _polish(args: argparse.Namespace) -> int:
     minutes = 10.0 if args.minutes is None and args.steps is None else args.minutes
     done = polish_run(args.run, args.data, minutes=minutes, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                       bn_batches=args.bn_batches, keep_input_layers=not args.all_layers,
-                      swap_weight=args.swap_weight, device=args.device,
+                      swap_weight=args.swap_weight, prior_weight=args.prior_weight, device=args.device,
                       amp=args.amp, seed=args.seed, resident=not args.lazy, progress=not args.quiet,
                       out=args.out)
     swap = (f", swap consistency {done['swap_start']:.4g} -> {done['swap_end']:.4g}"
             if done["swap_weight"] else "")
+    swap += (f", prior consistency {done['prior_start']:.4g} -> {done['prior_end']:.4g}"
+             if done["prior_weight"] else "")
     print(f"polished the decoder of the {'weight average' if done['weights'] == 'ema' else 'trained weights'}: "
           f"{done['steps']} steps in {done['seconds']:.0f} s, reconstruction {done['loss_start']:.4g} -> "
           f"{done['loss_end']:.4g}{swap}; written to {done['checkpoint']}")

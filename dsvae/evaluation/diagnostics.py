@@ -273,3 +273,96 @@ def action_certainty(model: nn.Module, judge: Judge, data: str | os.PathLike, n_
     finally:
         test.close()
     return {"n_test": n, "balanced_videos": len(balanced), "not_applicable": skipped, "sources": results}
+
+
+def _log_corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of log(a) and log(b) (entropies floored at 1e-12); 0 where either is constant."""
+    la, lb = a.double().clamp_min(1e-12).log(), b.double().clamp_min(1e-12).log()
+    la, lb = la - la.mean(), lb - lb.mean()
+    denom = float(la.norm() * lb.norm())
+    return float((la * lb).sum()) / denom if denom > 0 else 0.0
+
+
+def entropy_sources(entropy: torch.Tensor, real: torch.Tensor, balanced: torch.Tensor) -> dict[str, Any]:
+    """Is the judge's doubt about the action (per-video entropy, ``entropy`` (K, N): K independent draws of
+    the static code for each of N videos) tied to the video (its motion code) or to the look drawn for it?
+
+    - ``draw_correlation``: the mean correlation of the log-entropies of two draws over the videos: ~1 when
+      the doubt belongs to the video (every draw finds the same videos hard), ~0 when it belongs to the draw;
+    - ``real_correlation``: the correlation of the videos' mean log-entropy over the draws with the
+      log-entropy of the real video (``real`` (N,)): does the decode inherit the real video's ambiguity?
+    - ``h_yx_per_draw``: H(y|x) of each draw, and ``h_yx_median_draw``: what it would be if every video got
+      its median draw (the typical look rather than an unlucky one);
+    - ``worst_2pct_share``: the share of the entropy summed over every (draw, video) due to its worst 2%.
+    H(y|x) values are means over the ``balanced`` positions, as the dynamic test scores them."""
+    if entropy.ndim != 2 or entropy.shape[0] < 2 or entropy.shape[1] != real.shape[0]:
+        raise DsvaeError(f"need entropies (K >= 2 draws, N videos) and N real ones, got {tuple(entropy.shape)} "
+                         f"and {tuple(real.shape)}")
+    entropy = entropy.contiguous()  # median(0) of a stride-0 (expanded) tensor is wrong in torch 2.14
+    k = entropy.shape[0]
+    pairs = [_log_corr(entropy[a], entropy[b]) for a in range(k) for b in range(a + 1, k)]
+    flat = entropy.flatten().double().sort(descending=True).values
+    total = float(flat.sum())
+    return {"draws": k,
+            "h_yx_per_draw": [float(e[balanced].double().mean()) for e in entropy],
+            "h_yx_median_draw": float(entropy.median(0).values[balanced].double().mean()),
+            "draw_correlation": sum(pairs) / len(pairs),
+            "real_correlation": _log_corr(entropy.double().clamp_min(1e-12).log().mean(0).exp(), real),
+            "worst_2pct_share": float(flat[:max(1, len(flat) // 50)].sum()) / total if total > 0 else 0.0}
+
+
+@torch.no_grad()
+def action_doubt_sources(model: nn.Module, judge: Judge, data: str | os.PathLike, draws: int = 4,
+                         n_test: int | None = None, batch_size: int = 100, amp: bool = False,
+                         device: str | torch.device = "cpu", seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Where the dynamic test's H(y|x) comes from, video or look: each test video's ``z`` (posterior means)
+    is decoded with ``draws`` independent static codes from the model's prior (``model.sample_static``
+    after ``torch.manual_seed(seed + d)``), the judge's per-video entropy of the action is split by
+    :func:`entropy_sources`, and its mean is given per value of each attribute as the judge reads the decode
+    (``by_judged_look``: which looks the doubt comes with) next to the real videos' per true value
+    (``real_by_look``). Returns those plus ``n_test`` and ``balanced_videos``."""
+    if draws < 2 or batch_size < 1 or (n_test is not None and n_test < 2):
+        raise DsvaeError("need draws >= 2, batch_size >= 1 and n_test >= 2 (or all)")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    judge = judge.to(device).eval()
+    size = getattr(getattr(model, "config", None), "image_size", None)
+    test = SpritesDataset(data, "test", resident=False, image_size=size, limit=n_test)
+    try:
+        n = len(test)
+        actions = torch.as_tensor(test.actions).long()
+        attributes = torch.as_tensor(test.attributes).long()
+        balanced = metrics.balanced_subset(actions)
+        per_pass = -(-n // batch_size)
+        with tqdm(total=per_pass * (1 + draws), desc="action doubt", unit="batch", disable=not progress,
+                  leave=False) as bar, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            z_means, real = [], []
+            for idx in torch.arange(n).split(batch_size):
+                x = test.batch(idx)["x"].to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    z_means.append(model.encode(x).z_mean.float())
+                    real.append(judge.predict(x)["action"].float().cpu())
+                bar.update(1)
+            z_mean = torch.cat(z_means)
+            entropies, looks = [], []
+            for d in range(draws):
+                torch.manual_seed(seed + d)
+                probs = _judged(model, judge, model.sample_static(n).to(device, torch.float32), z_mean,
+                                batch_size, amp, device, bar)
+                entropies.append(metrics.entropy(probs["action"]))
+                looks.append({name: probs[name].argmax(-1) for name in FACTORS})
+    finally:
+        test.close()
+    entropy, real_entropy = torch.stack(entropies), metrics.entropy(torch.cat(real))
+    flat = entropy.flatten()
+
+    def mean_where(values: torch.Tensor, mask: torch.Tensor) -> float | None:
+        return float(values[mask].double().mean()) if bool(mask.any()) else None
+
+    by_look = {name: [mean_where(flat, torch.cat([look[name] for look in looks]) == v)
+                      for v in range(HEAD_CLASSES[name])] for name in FACTORS}
+    real_by_look = {name: [mean_where(real_entropy, attributes[:, k] == v) for v in range(HEAD_CLASSES[name])]
+                    for k, name in enumerate(FACTORS)}
+    return {"n_test": n, "balanced_videos": len(balanced), "real_h_yx": float(real_entropy[balanced].mean()),
+            **entropy_sources(entropy, real_entropy, balanced), "by_judged_look": by_look,
+            "real_by_look": real_by_look}

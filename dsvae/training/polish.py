@@ -14,6 +14,10 @@ code does too: only how codes are decoded changes. No labels are read.
 ``swap_weight`` > 0 also asks that each sequence's f decoded with another sequence's z encodes back to both
 codes (:func:`swap_consistency`; measured in BENCHMARKS.md section 7: within a fixed budget it lost to the
 plain refit's extra steps, so it is off by default).
+``prior_weight`` > 0 also asks that each sequence's z decoded with a static code drawn from the model's prior
+(the dynamic test's situation) encodes back to that z (:func:`prior_consistency`): the motion must stay legible
+whatever look the prior draws (BENCHMARKS.md section 7: the dynamic test's uncertain videos are draws decoded
+with the darkest skins, whose arm disappears against the black background).
 ``polish_run`` does it for the weights ``dsvae.load`` uses of a run (the weight average when the run
 kept one) and writes them back into the checkpoint they came from (a run folder's ``last.pt``),
 atomically; the run's periodic checkpoints (``checkpoints/step_*.pt``) keep the unpolished weights. With
@@ -53,6 +57,9 @@ class PolishResult:
     swap_weight: float = 0.0  # weight of the swap-consistency term (0: off)
     swap_start: float | None = None  # its mean over the first and last 10% of the steps (None: off)
     swap_end: float | None = None
+    prior_weight: float = 0.0  # weight of the prior-consistency term (0: off)
+    prior_start: float | None = None  # its mean over the first and last 10% of the steps (None: off)
+    prior_end: float | None = None
 
     def record(self, weights: str, data: str | os.PathLike) -> dict[str, Any]:
         """What a checkpoint keeps under ``"polished"`` (plain types): which weights, the budget and losses."""
@@ -103,15 +110,31 @@ def swap_consistency(model: nn.Module, f: torch.Tensor, z: torch.Tensor, f_logva
     No labels: the model's own encoder is the critic."""
     z_other, z_other_logvar = z.roll(1, 0), z_logvar.roll(1, 0)
     post = model.encode(model.decode(f, z_other))
-    nll_f = (post.f_mean.float() - f).pow(2).mul(0.5 * torch.exp(-f_logvar)).sum(-1)
-    nll_z = (post.z_mean.float() - z_other).pow(2).mul(0.5 * torch.exp(-z_other_logvar)).flatten(1).sum(-1)
-    return nll_f + nll_z
+    return _code_nll(post.f_mean, f, f_logvar) + _code_nll(post.z_mean, z_other, z_other_logvar)
+
+
+def prior_consistency(model: nn.Module, z: torch.Tensor, z_logvar: torch.Tensor) -> torch.Tensor:
+    """Per-example (B,) negative log-likelihood, up to constants, of each sequence's dynamics ``z`` under the
+    (frozen) encoder's posterior of ``decode(f, z)`` with ``f`` drawn from the model's static prior
+    (``model.sample_static``, as the dynamic test draws it), scored with the sequence's own variances.
+
+    The dynamic test judges the motion of exactly such decodes; the plain polish only ever decodes a
+    sequence's own f, and prior draws can land on looks (the darkest skins) whose limbs vanish against the
+    background. No labels: the model's own encoder is the critic."""
+    f = model.sample_static(z.shape[0]).to(z.device, z.dtype)
+    post = model.encode(model.decode(f, z))
+    return _code_nll(post.z_mean, z, z_logvar)
+
+
+def _code_nll(mean: torch.Tensor, code: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """``sum (mean - code)^2 / (2 exp(logvar))`` over every dimension but the first: (B,)."""
+    return (mean.float() - code).pow(2).mul(0.5 * torch.exp(-logvar)).flatten(1).sum(-1)
 
 
 def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None = None, steps: int | None = None,
                    lr: float = 3e-4, batch_size: int = 32, bn_batches: int = 200, keep_input_layers: bool = True,
-                   swap_weight: float = 0.0, autocast_dtype: torch.dtype | None = None, seed: int = 0,
-                   progress: bool = False) -> PolishResult:
+                   swap_weight: float = 0.0, prior_weight: float = 0.0, autocast_dtype: torch.dtype | None = None,
+                   seed: int = 0, progress: bool = False) -> PolishResult:
     """Fit ``model.decoder`` to decode the posterior means of ``ds``'s sequences (see the module doc).
 
     Stops after ``steps`` optimisation steps or ``minutes`` of wall time, whichever comes first (at least
@@ -125,7 +148,9 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
 
     ``swap_weight`` > 0 adds ``swap_weight`` times :func:`swap_consistency` (the frozen encoder reading the
     decode of each sequence's f with another's z back as those codes) to the loss; it costs a second
-    decode and an encode per step.
+    decode and an encode per step. ``prior_weight`` > 0 likewise adds ``prior_weight`` times
+    :func:`prior_consistency` (each sequence's z decoded with a look drawn from the prior, read back as that z;
+    the draws follow ``seed``), at the same cost.
     """
     if minutes is None and steps is None:
         raise DsvaeError("give the polish a budget: minutes and/or steps")
@@ -133,8 +158,9 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
         raise DsvaeError(f"the polish budget must be positive, got minutes={minutes!r}, steps={steps!r}")
     if not lr > 0 or batch_size < 1 or bn_batches < 0:
         raise DsvaeError("need lr > 0, batch_size >= 1 and bn_batches >= 0")
-    if not (isinstance(swap_weight, (int, float)) and math.isfinite(swap_weight) and swap_weight >= 0):
-        raise DsvaeError(f"the swap-consistency weight must be a number >= 0 (0 = off), got {swap_weight!r}")
+    for name, weight in (("swap", swap_weight), ("prior", prior_weight)):
+        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+            raise DsvaeError(f"the {name}-consistency weight must be a number >= 0 (0 = off), got {weight!r}")
     decoder = getattr(model, "decoder", None)
     if not isinstance(decoder, nn.Module):
         raise DsvaeError(f"{type(model).__name__} has no decoder module to polish")
@@ -144,10 +170,11 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
 
     device = next(model.parameters()).device
     kind = getattr(model.config, "recon_loss", "mse")
-    swapping = swap_weight > 0
+    swapping, drawing = swap_weight > 0, prior_weight > 0
     if swapping and len(ds) < 2:
         raise DsvaeError("the swap-consistency term needs at least two training sequences")
-    codes = posterior_means(model, ds, autocast_dtype=autocast_dtype, progress=progress, with_logvar=swapping)
+    codes = posterior_means(model, ds, autocast_dtype=autocast_dtype, progress=progress,
+                            with_logvar=swapping or drawing)
     f_all, z_all = codes[:2]
 
     frozen = {p: p.requires_grad for p in model.parameters()}
@@ -168,6 +195,7 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
     budget_s = 60.0 * minutes if minutes is not None else math.inf
     losses: list[float] = []
     swaps: list[float] = []
+    priors: list[float] = []
     model.eval()
     decoder.train()
     t0 = time.time()
@@ -175,34 +203,42 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
     bar = tqdm(total=steps if steps is not None else 0, desc=f"polish decoder{budget}", unit="step",
                disable=not progress, dynamic_ncols=True)
     try:
-        while steps is None or len(losses) < steps:
-            elapsed = time.time() - t0
-            if elapsed >= budget_s:
-                break
-            done = max(len(losses) / steps if steps else 0.0, elapsed / budget_s)
-            for group in opt.param_groups:
-                group["lr"] = lr * lr_factor("cosine", done, 0.0)
-            idx = torch.randint(0, len(ds), (min(batch_size, len(ds)),), generator=g)
-            x = ds.batch(idx)["x"].to(device)
-            i = idx.to(f_all.device)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                x_hat = model.decode(f_all[i], z_all[i])
-                recon = reconstruction_loss(x_hat, x, kind).mean()
-                loss = recon
-                if swapping:
-                    swap = swap_consistency(model, f_all[i], z_all[i], codes[2][i], codes[3][i]).mean()
-                    swaps.append(float(swap.detach()))
-                    loss = loss + swap_weight * swap
-            if not torch.isfinite(loss):
-                raise DsvaeError(f"the polish loss became {loss.item()} at step {len(losses) + 1}; lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(recon.detach()))
-            if steps is None:  # the bar counts towards the steps the time budget allows at this pace
-                bar.total = steps_in_budget(len(losses), 0, time.time() - t0, budget_s, 10**12)
-            bar.update(1)
-            bar.set_postfix(recon=f"{losses[-1]:.4g}", **({"swap": f"{swaps[-1]:.4g}"} if swapping else {}))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)  # the prior's draws (the global generator, restored afterwards)
+            while steps is None or len(losses) < steps:
+                elapsed = time.time() - t0
+                if elapsed >= budget_s:
+                    break
+                done = max(len(losses) / steps if steps else 0.0, elapsed / budget_s)
+                for group in opt.param_groups:
+                    group["lr"] = lr * lr_factor("cosine", done, 0.0)
+                idx = torch.randint(0, len(ds), (min(batch_size, len(ds)),), generator=g)
+                x = ds.batch(idx)["x"].to(device)
+                i = idx.to(f_all.device)
+                with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                    enabled=autocast_dtype is not None):
+                    x_hat = model.decode(f_all[i], z_all[i])
+                    recon = reconstruction_loss(x_hat, x, kind).mean()
+                    loss = recon
+                    if swapping:
+                        swap = swap_consistency(model, f_all[i], z_all[i], codes[2][i], codes[3][i]).mean()
+                        swaps.append(float(swap.detach()))
+                        loss = loss + swap_weight * swap
+                    if drawing:
+                        prior = prior_consistency(model, z_all[i], codes[3][i]).mean()
+                        priors.append(float(prior.detach()))
+                        loss = loss + prior_weight * prior
+                if not torch.isfinite(loss):
+                    raise DsvaeError(f"the polish loss became {loss.item()} at step {len(losses) + 1}; lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(recon.detach()))
+                if steps is None:  # the bar counts towards the steps the time budget allows at this pace
+                    bar.total = steps_in_budget(len(losses), 0, time.time() - t0, budget_s, 10**12)
+                bar.update(1)
+                bar.set_postfix(recon=f"{losses[-1]:.4g}", **({"swap": f"{swaps[-1]:.4g}"} if swapping else {}),
+                                **({"prior": f"{priors[-1]:.4g}"} if drawing else {}))
     finally:
         bar.close()
         for p, flag in frozen.items():
@@ -221,18 +257,25 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
     model.eval()
     k = max(1, len(losses) // 10)
     nan = float("nan")
+
+    def ends(values: list[float], on: bool) -> tuple[float | None, float | None]:
+        if not on:
+            return None, None
+        return (sum(values[:k]) / k, sum(values[-k:]) / k) if values else (nan, nan)
+
     return PolishResult(steps=len(losses), seconds=time.time() - t0, lr=float(lr), batch_size=int(batch_size),
                         input_layers_kept=bool(keep_input_layers),
                         loss_start=sum(losses[:k]) / k if losses else nan,
                         loss_end=sum(losses[-k:]) / k if losses else nan, bn_batches=used,
-                        swap_weight=float(swap_weight),
-                        swap_start=(sum(swaps[:k]) / k if swaps else nan) if swapping else None,
-                        swap_end=(sum(swaps[-k:]) / k if swaps else nan) if swapping else None)
+                        swap_weight=float(swap_weight), swap_start=ends(swaps, swapping)[0],
+                        swap_end=ends(swaps, swapping)[1], prior_weight=float(prior_weight),
+                        prior_start=ends(priors, drawing)[0], prior_end=ends(priors, drawing)[1])
 
 
 def polish_run(run: str | os.PathLike, data: str | os.PathLike, minutes: float | None = None,
                steps: int | None = None, lr: float = 3e-4, batch_size: int = 32, bn_batches: int = 200,
-               keep_input_layers: bool = True, swap_weight: float = 0.0, device: str = "auto", amp: str = "auto",
+               keep_input_layers: bool = True, swap_weight: float = 0.0, prior_weight: float = 0.0,
+               device: str = "auto", amp: str = "auto",
                seed: int = 0, resident: bool = True, progress: bool = True,
                out: str | os.PathLike | None = None) -> dict[str, Any]:
     """Polish the decoder of the weights ``dsvae.load(run)`` uses and write them back into the run's
@@ -262,6 +305,7 @@ def polish_run(run: str | os.PathLike, data: str | os.PathLike, minutes: float |
     try:
         result = polish_decoder(model, ds, minutes=minutes, steps=steps, lr=lr, batch_size=batch_size,
                                 bn_batches=bn_batches, keep_input_layers=keep_input_layers, swap_weight=swap_weight,
+                                prior_weight=prior_weight,
                                 autocast_dtype=amp_dtype(amp, dev), seed=seed, progress=progress)
     finally:
         ds.close()

@@ -16,9 +16,11 @@ from dsvae.evaluation.diagnostics import (
     F_SOURCES,
     Z_SOURCES,
     action_certainty,
+    action_doubt_sources,
     attribute_diagnostics,
     attribute_entropy,
     certainty_scores,
+    entropy_sources,
     linear_probe,
     reconstruction_confusion,
 )
@@ -230,3 +232,43 @@ def test_action_certainty_adds_the_standard_normal_beside_a_fitted_prior(procedu
     # a perfect decoder keeps the motion under any static code
     assert fitted["N(0, I)"]["action_accuracy"] >= fitted["real"]["action_accuracy"] - 0.05
     assert fitted["N(0, I)"]["f_norm"] == pytest.approx(2.0, rel=0.15)  # 4 standard normal dimensions
+
+
+def test_entropy_sources_oracles():
+    gen = torch.Generator().manual_seed(0)
+    per_video = torch.rand(300, generator=gen, dtype=torch.float64) * 0.01 + 1e-4
+    everyone = torch.arange(300)
+    # the doubt belongs to the video: every draw finds the same videos hard, as the real videos are
+    tied = entropy_sources(per_video.expand(4, -1), per_video, everyone)
+    assert tied["draw_correlation"] == pytest.approx(1.0) and tied["real_correlation"] == pytest.approx(1.0)
+    assert tied["h_yx_per_draw"] == pytest.approx([float(per_video.mean())] * 4)
+    assert tied["h_yx_median_draw"] == pytest.approx(float(per_video.mean()))
+    # the doubt belongs to the draw: independent per draw, unrelated to the real video
+    loose = entropy_sources(torch.rand(4, 300, generator=gen, dtype=torch.float64) * 0.01 + 1e-4, per_video, everyone)
+    assert abs(loose["draw_correlation"]) < 0.15 and abs(loose["real_correlation"]) < 0.2
+    # one unlucky draw per video: the median draw removes it, and the worst 2% carry it
+    unlucky = torch.full((4, 300), 1e-4, dtype=torch.float64)
+    unlucky[torch.arange(300) % 4, torch.arange(300)] = 1.0
+    scores = entropy_sources(unlucky, per_video, everyone)
+    assert scores["h_yx_median_draw"] == pytest.approx(1e-4)
+    assert scores["worst_2pct_share"] == pytest.approx(24 / (300 + 900 * 1e-4), rel=1e-6)
+    # the balanced positions are the ones averaged
+    assert entropy_sources(unlucky, per_video, torch.tensor([0]))["h_yx_per_draw"] == pytest.approx([1.0, 1e-4, 1e-4, 1e-4])
+    with pytest.raises(DsvaeError):
+        entropy_sources(unlucky[:1], per_video, everyone)
+
+
+def test_action_doubt_sources_of_a_perfect_model(procedural_h5, tiny_judge, tables):
+    kwargs = dict(n_test=N_TEST, batch_size=50, draws=3, progress=False)
+    perfect = action_doubt_sources(WithStaticPrior(tables), tiny_judge.judge, procedural_h5, **kwargs)
+    assert perfect["n_test"] == N_TEST and perfect["draws"] == 3 and len(perfect["h_yx_per_draw"]) == 3
+    # the decode is a real video of the same motion, its look drawn: the judge's doubt about the action follows
+    # the real videos' on average, and every look it reads has a value
+    assert sum(perfect["h_yx_per_draw"]) / 3 == pytest.approx(perfect["real_h_yx"], rel=0.5, abs=0.05)
+    assert set(perfect["by_judged_look"]) == {"body", "bottom", "top", "hair"}
+    assert all(len(v) == 6 for v in perfect["real_by_look"].values())
+    assert -1.0 <= perfect["draw_correlation"] <= 1.0 and 0.0 < perfect["worst_2pct_share"] <= 1.0
+    again = action_doubt_sources(WithStaticPrior(tables), tiny_judge.judge, procedural_h5, **kwargs)
+    assert again == perfect  # the draws follow the seed
+    with pytest.raises(DsvaeError):
+        action_doubt_sources(WithStaticPrior(tables), tiny_judge.judge, procedural_h5, draws=1, progress=False)

@@ -8,7 +8,7 @@ from dsvae.errors import DsvaeError
 from dsvae.models import build_model
 from dsvae.models.base import reconstruction_loss
 from dsvae.training.checkpoint import load_checkpoint, model_weights
-from dsvae.training.polish import polish_decoder, polish_run, posterior_means, swap_consistency
+from dsvae.training.polish import polish_decoder, polish_run, posterior_means, prior_consistency, swap_consistency
 from dsvae.training.trainer import train
 
 FAST = dict(preset="tiny", limit=64, batch_size=8, sample_every=0, progress=False, log_every=5)
@@ -100,6 +100,55 @@ def test_the_swap_weight_is_checked(tiny_data):
     for bad in (-1.0, float("nan"), float("inf"), "1"):
         with pytest.raises(DsvaeError, match="swap-consistency weight"):
             polish_decoder(model, tiny_data, steps=1, swap_weight=bad)
+        with pytest.raises(DsvaeError, match="prior-consistency weight"):
+            polish_decoder(model, tiny_data, steps=1, prior_weight=bad)
+
+
+def _prior_term(model, ds, seed=5):
+    _, z, _, z_logvar = posterior_means(model, ds, with_logvar=True)
+    model.eval()
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return float(prior_consistency(model, z, z_logvar).mean())
+
+
+def test_the_prior_term_scores_a_decode_with_a_prior_look_against_the_dynamics_it_came_from(tiny_data):
+    torch.manual_seed(0)
+    model = build_model("cdsvae", TINY_CDSVAE).eval()
+    _, z, _, z_logvar = posterior_means(model, tiny_data, with_logvar=True)
+    z, z_logvar = z[:6], z_logvar[:6]
+    with torch.no_grad():
+        torch.manual_seed(1)
+        term = prior_consistency(model, z, z_logvar)
+        assert term.shape == (6,) and bool((term >= 0).all()) and float(term.sum()) > 0
+        torch.manual_seed(1)  # the same draws of f from the static prior, as the dynamic test draws them
+        f = model.sample_static(6)
+        post = model.encode(model.decode(f, z))
+        torch.testing.assert_close(term, ((post.z_mean - z) ** 2 / (2 * z_logvar.exp())).sum((1, 2)))
+        torch.manual_seed(2)  # other draws, another look: another number
+        assert not torch.allclose(prior_consistency(model, z, z_logvar), term)
+
+
+def test_the_prior_weight_lowers_the_prior_term_more_than_the_plain_polish(tiny_data):
+    terms, after = {}, {}
+    for weight in (0.0, 3e5):  # scaled as in the swap test: an untrained critic reads the decode barely
+        torch.manual_seed(0)
+        model = build_model("cdsvae", TINY_CDSVAE).eval()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        start = _prior_term(model, tiny_data)
+        # no batch-norm recalibration afterwards: it runs plain reconstructions, whose statistics blur the comparison
+        result = polish_decoder(model, tiny_data, steps=40, lr=3e-3, batch_size=16, bn_batches=0, prior_weight=weight)
+        after[weight] = torch.random.get_rng_state()
+        terms[weight] = _prior_term(model, tiny_data)
+        changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+        assert changed and all(k.startswith("decoder.") for k in changed)  # the encoder critic stays frozen
+        assert result.loss_end < result.loss_start and result.prior_weight == weight
+        if weight:
+            assert result.prior_end < result.prior_start and terms[weight] < start
+        else:
+            assert result.prior_start is None and result.prior_end is None
+    assert terms[3e5] < 0.8 * terms[0.0]
+    assert torch.equal(after[0.0], after[3e5])  # the prior's draws left the caller's generator where it was
 
 
 def test_the_input_layers_include_the_film_maps():
@@ -236,6 +285,9 @@ def test_cli_polish(tmp_path, procedural_h5, capsys):
     assert main(["polish", "--run", str(third), "--data", str(procedural_h5), "--steps", "2", "--swap-weight", "-1",
                  "--quiet"]) == 2
     assert "swap-consistency weight" in capsys.readouterr().err and "polished" not in load_checkpoint(third)
+    assert main(["polish", "--run", str(third), "--data", str(procedural_h5), "--steps", "2", "--prior-weight", "0.5",
+                 "--quiet"]) == 0
+    assert "prior consistency" in capsys.readouterr().out and load_checkpoint(third)["polished"]["prior_weight"] == 0.5
     assert main(["polish", "--run", str(tmp_path / "missing"), "--data", str(procedural_h5), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
 

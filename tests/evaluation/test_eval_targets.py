@@ -1,0 +1,102 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from dsvae.errors import DsvaeError
+from dsvae.evaluation.targets import ISSUE7, Target, check_targets, met_count, targets_table
+
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
+
+
+def _m(value: float) -> dict:
+    return {"mean": value, "std": 0.0, "values": [value]}
+
+
+def _results(acc=1.0, is_=9.0, h_yx=0.0, h_y=math.log(9), attrs=(1.0, 1.0, 1.0, 1.0), static_action=1 / 9,
+             swap_attr=1.0, swap_action=1.0) -> dict:
+    factors = ("body", "bottom", "top", "hair")
+    return {
+        "dynamic": {"status": "ok", "action_accuracy": _m(acc), "inception_score": _m(is_), "h_yx": _m(h_yx),
+                    "h_y": _m(h_y)},
+        "static": {"status": "ok", "attributes": {f: _m(a) for f, a in zip(factors, attrs)},
+                   "attribute_accuracy": _m(sum(attrs) / 4), "action_accuracy": _m(static_action)},
+        "swap": {"status": "ok", "attribute_accuracy": _m(swap_attr), "action_accuracy": _m(swap_action)},
+    }
+
+
+def test_a_perfect_model_meets_every_target():
+    rows = check_targets(_results())
+    assert [r["met"] for r in rows] == [True] * len(ISSUE7)
+    assert met_count(rows) == (len(ISSUE7), len(ISSUE7))
+
+
+def test_a_model_that_ignores_its_codes_meets_only_the_chance_targets():
+    # chance everywhere: the judge reads 1/9 of the actions and 1/6 of the attributes, IS 1, H(y|x) = H(y) = log 9
+    rows = {r["target"]: r["met"] for r in check_targets(_results(
+        acc=1 / 9, is_=1.0, h_yx=math.log(9), attrs=(1 / 6,) * 4, swap_attr=1 / 6, swap_action=1 / 9))}
+    assert rows.pop("static: action acc 11.1% +- 1") is True  # motion absent from f is the one ideal it meets
+    assert rows.pop("dynamic: H(y) >= 2.196") is True  # the classes are balanced, just not the right ones
+    assert not any(rows.values())
+
+
+@pytest.mark.parametrize("field,value,label", [
+    ("is_", 8.98999, "dynamic: IS >= 8.99"),
+    ("h_yx", 0.0101, "dynamic: H(y|x) <= 0.01"),
+    ("acc", 0.9999, "dynamic: action acc 100%"),
+    ("static_action", 0.1211, "static: action acc 11.1% +- 1"),
+    ("static_action", 0.1009, "static: action acc 11.1% +- 1"),
+    ("swap_attr", 0.99499, "swap: attributes >= 99.5%"),
+])
+def test_each_bound_is_missed_just_past_it(field, value, label):
+    rows = {r["target"]: r for r in check_targets(_results(**{field: value}))}
+    assert rows[label]["met"] is False
+    assert rows[label]["value"] == pytest.approx(value)
+    assert sum(r["met"] for r in rows.values()) == len(ISSUE7) - 1
+
+
+def test_every_attribute_counts_on_its_own():
+    rows = {r["target"]: r["met"] for r in check_targets(_results(attrs=(0.9989, 1.0, 1.0, 1.0)))}
+    assert rows["static: body >= 99.9%"] is False
+    assert rows["static: bottom >= 99.9%"] is True
+
+
+def test_a_test_the_model_cannot_do_is_never_counted_as_met():
+    results = _results()
+    results["static"] = {"status": "not applicable", "reason": "no sequence prior"}
+    del results["swap"]
+    rows = {r["target"]: r for r in check_targets(results)}
+    assert rows["static: body >= 99.9%"]["met"] is None
+    assert rows["static: body >= 99.9%"]["shown"] == "not applicable"
+    assert rows["swap: action >= 99.5%"]["shown"] == "not run"
+    assert met_count(list(rows.values())) == (4, len(ISSUE7))
+
+
+def test_table_shows_the_number_reached_where_a_target_is_missed():
+    table = targets_table([("good", _results()), ("short", _results(is_=8.976))])
+    line = next(ln for ln in table.splitlines() if ln.startswith("| dynamic: IS"))
+    assert line == "| dynamic: IS >= 8.99 | 9.000 met | 8.976 **NOT met** |"
+    assert "H(y\\|x)" in table  # the pipe inside a label is escaped
+    n = len(ISSUE7)
+    assert table.splitlines()[-1] == f"| targets met | {n} of {n} | {n - 1} of {n} |"
+
+
+def test_stored_eval_results_read_as_measured():
+    # BENCHMARKS section 7: the 105 + 10 minute run misses IS alone (8.973); the batch-16 50 + 10 seed-0 run,
+    # 99.96% static on average, also misses the skin (body 99.887%: 99.9% to one decimal, not >= 99.9%)
+    best = {r["target"]: r for r in check_targets(json.loads((RESULTS / "cdsvae_best105_polish10_field.json").read_text()))}
+    assert [t for t, r in best.items() if not r["met"]] == ["dynamic: IS >= 8.99"]
+    assert best["dynamic: IS >= 8.99"]["shown"] == "8.973"
+    hour = check_targets(json.loads((RESULTS / "cdsvae_best50_b16_noflip_sg_polish10_lr1e3_field.json").read_text()))
+    assert [(r["target"], r["shown"]) for r in hour if not r["met"]] == [
+        ("dynamic: IS >= 8.99", "8.976"), ("static: body >= 99.9%", "99.89%")]
+
+
+def test_bad_targets_and_empty_tables_are_refused():
+    with pytest.raises(DsvaeError, match="op must be"):
+        Target("x", "dynamic", "h_y", ">", 1.0)
+    with pytest.raises(DsvaeError, match="low, high"):
+        Target("x", "dynamic", "h_y", "in", 1.0)
+    with pytest.raises(DsvaeError, match="at least one"):
+        targets_table([])
