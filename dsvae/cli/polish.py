@@ -63,11 +63,9 @@ def _polish(args: argparse.Namespace) -> int:
                       swap_weight=args.swap_weight, prior_weight=args.prior_weight, device=args.device,
                       amp=args.amp, seed=args.seed, resident=not args.lazy, progress=not args.quiet,
                       out=args.out)
-    swap = (f", swap consistency {done['swap_start']:.4g} -> {done['swap_end']:.4g}"
-            if done["swap_weight"] else "")
-    swap += (f", prior consistency {done['prior_start']:.4g} -> {done['prior_end']:.4g}"
-             if done["prior_weight"] else "")
+    terms = "".join(f", {name} consistency {done[f'{name}_start']:.4g} -> {done[f'{name}_end']:.4g}"
+                    for name in ("swap", "prior") if done[f"{name}_weight"])
     print(f"polished the decoder of the {'weight average' if done['weights'] == 'ema' else 'trained weights'}: "
           f"{done['steps']} steps in {done['seconds']:.0f} s, reconstruction {done['loss_start']:.4g} -> "
-          f"{done['loss_end']:.4g}{swap}; written to {done['checkpoint']}")
+          f"{done['loss_end']:.4g}{terms}; written to {done['checkpoint']}")
     return 0

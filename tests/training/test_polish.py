@@ -74,25 +74,35 @@ def test_the_swap_term_scores_the_mixed_decode_against_the_codes_it_came_from(ti
         assert not torch.allclose(want, ((post.f_mean - f) ** 2 / (2 * f_logvar.exp())).sum(-1) + own)
 
 
-def test_the_swap_weight_lowers_the_swap_term_more_than_the_plain_polish(tiny_data):
+@pytest.mark.parametrize("name,measure,bn_batches", [
+    ("swap", lambda model, ds: _swap_term(model, ds), 4),
+    # no batch-norm recalibration after the prior polish: it runs plain reconstructions, whose statistics blur the
+    # comparison of decodes with the prior's looks
+    ("prior", lambda model, ds: _prior_term(model, ds), 0),
+])
+def test_a_consistency_weight_lowers_its_term_more_than_the_plain_polish(tiny_data, name, measure, bn_batches):
     # an untrained encoder's posterior variances are ~1 and its reading barely moves with the decode, so the
     # term is ~1e-6 of the reconstruction here: the weight makes up for it
-    terms = {}
+    terms, after = {}, {}
     for weight in (0.0, 3e5):
         torch.manual_seed(0)
         model = build_model("cdsvae", TINY_CDSVAE).eval()
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        start = _swap_term(model, tiny_data)
-        result = polish_decoder(model, tiny_data, steps=40, lr=3e-3, batch_size=16, bn_batches=4, swap_weight=weight)
-        terms[weight] = _swap_term(model, tiny_data)
+        start = measure(model, tiny_data)
+        result = polish_decoder(model, tiny_data, steps=40, lr=3e-3, batch_size=16, bn_batches=bn_batches,
+                                **{f"{name}_weight": weight})
+        after[weight] = torch.random.get_rng_state()
+        terms[weight] = measure(model, tiny_data)
         changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
         assert changed and all(k.startswith("decoder.") for k in changed)  # the encoder critic stays frozen
-        assert result.loss_end < result.loss_start and result.swap_weight == weight
+        assert result.loss_end < result.loss_start and getattr(result, f"{name}_weight") == weight
+        first, last = getattr(result, f"{name}_start"), getattr(result, f"{name}_end")
         if weight:
-            assert result.swap_end < result.swap_start and terms[weight] < start
+            assert last < first and terms[weight] < start
         else:
-            assert result.swap_start is None and result.swap_end is None
+            assert first is None and last is None
     assert terms[3e5] < 0.8 * terms[0.0]
+    assert torch.equal(after[0.0], after[3e5])  # the prior's draws leave the caller's generator where it was
 
 
 def test_the_swap_weight_is_checked(tiny_data):
@@ -127,28 +137,6 @@ def test_the_prior_term_scores_a_decode_with_a_prior_look_against_the_dynamics_i
         torch.testing.assert_close(term, ((post.z_mean - z) ** 2 / (2 * z_logvar.exp())).sum((1, 2)))
         torch.manual_seed(2)  # other draws, another look: another number
         assert not torch.allclose(prior_consistency(model, z, z_logvar), term)
-
-
-def test_the_prior_weight_lowers_the_prior_term_more_than_the_plain_polish(tiny_data):
-    terms, after = {}, {}
-    for weight in (0.0, 3e5):  # scaled as in the swap test: an untrained critic reads the decode barely
-        torch.manual_seed(0)
-        model = build_model("cdsvae", TINY_CDSVAE).eval()
-        before = {k: v.clone() for k, v in model.state_dict().items()}
-        start = _prior_term(model, tiny_data)
-        # no batch-norm recalibration afterwards: it runs plain reconstructions, whose statistics blur the comparison
-        result = polish_decoder(model, tiny_data, steps=40, lr=3e-3, batch_size=16, bn_batches=0, prior_weight=weight)
-        after[weight] = torch.random.get_rng_state()
-        terms[weight] = _prior_term(model, tiny_data)
-        changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-        assert changed and all(k.startswith("decoder.") for k in changed)  # the encoder critic stays frozen
-        assert result.loss_end < result.loss_start and result.prior_weight == weight
-        if weight:
-            assert result.prior_end < result.prior_start and terms[weight] < start
-        else:
-            assert result.prior_start is None and result.prior_end is None
-    assert terms[3e5] < 0.8 * terms[0.0]
-    assert torch.equal(after[0.0], after[3e5])  # the prior's draws left the caller's generator where it was
 
 
 def test_the_input_layers_include_the_film_maps():
