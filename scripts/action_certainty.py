@@ -46,12 +46,13 @@ def table(result: dict[str, Any]) -> str:
                   f"video's median draw {doubt['h_yx_median_draw']:.4f}; correlation of the per-video log-entropy "
                   f"between draws {doubt['draw_correlation']:.3f}, with the real video's {doubt['real_correlation']:.3f}; "
                   f"share of the worst 2% {100 * doubt['worst_2pct_share']:.0f}%", "",
-                  "| attribute | mean action entropy of the decodes judged as value 0-5 | real videos of value 0-5 |",
-                  "|---|---|---|"]
+                  "| attribute | mean action entropy of the decodes judged as value 0-5 | share of the decodes "
+                  "judged as each value | real videos of value 0-5 |", "|---|---|---|---|"]
         for name, values in doubt["by_judged_look"].items():
             cells = [" / ".join("-" if v is None else f"{v:.4f}" for v in vs)
                      for vs in (values, doubt["real_by_look"][name])]
-            lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+            shares = " / ".join(f"{100 * v:.1f}%" for v in doubt["judged_look_share"][name])
+            lines.append(f"| {name} | {cells[0]} | {shares} | {cells[1]} |")
     return "\n".join(lines)
 
 

@@ -319,7 +319,8 @@ def action_doubt_sources(model: nn.Module, judge: Judge, data: str | os.PathLike
     is decoded with ``draws`` independent static codes from the model's prior (``model.sample_static``
     after ``torch.manual_seed(seed + d)``), the judge's per-video entropy of the action is split by
     :func:`entropy_sources`, and its mean is given per value of each attribute as the judge reads the decode
-    (``by_judged_look``: which looks the doubt comes with) next to the real videos' per true value
+    (``by_judged_look``: which looks the doubt comes with; ``judged_look_share``: how often the judge reads
+    each value in the decodes, 1/6 each in the data) next to the real videos' per true value
     (``real_by_look``). Returns those plus ``n_test`` and ``balanced_videos``."""
     if draws < 2 or batch_size < 1 or (n_test is not None and n_test < 2):
         raise DsvaeError("need draws >= 2, batch_size >= 1 and n_test >= 2 (or all)")
@@ -359,10 +360,12 @@ def action_doubt_sources(model: nn.Module, judge: Judge, data: str | os.PathLike
     def mean_where(values: torch.Tensor, mask: torch.Tensor) -> float | None:
         return float(values[mask].double().mean()) if bool(mask.any()) else None
 
-    by_look = {name: [mean_where(flat, torch.cat([look[name] for look in looks]) == v)
-                      for v in range(HEAD_CLASSES[name])] for name in FACTORS}
+    judged = {name: torch.cat([look[name] for look in looks]) for name in FACTORS}
+    by_look = {name: [mean_where(flat, judged[name] == v) for v in range(HEAD_CLASSES[name])] for name in FACTORS}
+    share = {name: (torch.bincount(judged[name], minlength=HEAD_CLASSES[name]).double() / len(flat)).tolist()
+             for name in FACTORS}
     real_by_look = {name: [mean_where(real_entropy, attributes[:, k] == v) for v in range(HEAD_CLASSES[name])]
                     for k, name in enumerate(FACTORS)}
     return {"n_test": n, "balanced_videos": len(balanced), "real_h_yx": float(real_entropy[balanced].mean()),
             **entropy_sources(entropy, real_entropy, balanced), "by_judged_look": by_look,
-            "real_by_look": real_by_look}
+            "judged_look_share": share, "real_by_look": real_by_look}

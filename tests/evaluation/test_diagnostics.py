@@ -267,6 +267,8 @@ def test_action_doubt_sources_of_a_perfect_model(procedural_h5, tiny_judge, tabl
     assert sum(perfect["h_yx_per_draw"]) / 3 == pytest.approx(perfect["real_h_yx"], rel=0.5, abs=0.05)
     assert set(perfect["by_judged_look"]) == {"body", "bottom", "top", "hair"}
     assert all(len(v) == 6 for v in perfect["real_by_look"].values())
+    for shares in perfect["judged_look_share"].values():  # every decode is read as one value of each attribute
+        assert len(shares) == 6 and sum(shares) == pytest.approx(1.0)
     assert -1.0 <= perfect["draw_correlation"] <= 1.0 and 0.0 < perfect["worst_2pct_share"] <= 1.0
     again = action_doubt_sources(WithStaticPrior(tables), tiny_judge.judge, procedural_h5, **kwargs)
     assert again == perfect  # the draws follow the seed
