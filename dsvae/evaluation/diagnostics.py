@@ -275,12 +275,16 @@ def action_certainty(model: nn.Module, judge: Judge, data: str | os.PathLike, n_
     return {"n_test": n, "balanced_videos": len(balanced), "not_applicable": skipped, "sources": results}
 
 
-def _log_corr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Pearson correlation of log(a) and log(b) (entropies floored at 1e-12); 0 where either is constant."""
-    la, lb = a.double().clamp_min(1e-12).log(), b.double().clamp_min(1e-12).log()
-    la, lb = la - la.mean(), lb - lb.mean()
-    denom = float(la.norm() * lb.norm())
-    return float((la * lb).sum()) / denom if denom > 0 else 0.0
+def _log(entropy: torch.Tensor) -> torch.Tensor:
+    """log of entropies (float64), floored at 1e-12 so that a certain judge (entropy 0) stays finite."""
+    return entropy.double().clamp_min(1e-12).log()
+
+
+def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of two vectors; 0 where either is constant."""
+    a, b = a - a.mean(), b - b.mean()
+    denom = float(a.norm() * b.norm())
+    return float((a * b).sum()) / denom if denom > 0 else 0.0
 
 
 def entropy_sources(entropy: torch.Tensor, real: torch.Tensor, balanced: torch.Tensor) -> dict[str, Any]:
@@ -299,15 +303,15 @@ def entropy_sources(entropy: torch.Tensor, real: torch.Tensor, balanced: torch.T
         raise DsvaeError(f"need entropies (K >= 2 draws, N videos) and N real ones, got {tuple(entropy.shape)} "
                          f"and {tuple(real.shape)}")
     entropy = entropy.contiguous()  # median(0) of a stride-0 (expanded) tensor is wrong in torch 2.14
-    k = entropy.shape[0]
-    pairs = [_log_corr(entropy[a], entropy[b]) for a in range(k) for b in range(a + 1, k)]
+    k, logs = entropy.shape[0], _log(entropy)
+    pairs = [_corr(logs[a], logs[b]) for a in range(k) for b in range(a + 1, k)]
     flat = entropy.flatten().double().sort(descending=True).values
     total = float(flat.sum())
     return {"draws": k,
             "h_yx_per_draw": [float(e[balanced].double().mean()) for e in entropy],
             "h_yx_median_draw": float(entropy.median(0).values[balanced].double().mean()),
             "draw_correlation": sum(pairs) / len(pairs),
-            "real_correlation": _log_corr(entropy.double().clamp_min(1e-12).log().mean(0).exp(), real),
+            "real_correlation": _corr(logs.mean(0), _log(real)),
             "worst_2pct_share": float(flat[:max(1, len(flat) // 50)].sum()) / total if total > 0 else 0.0}
 
 

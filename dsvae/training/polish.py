@@ -264,12 +264,12 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
             return None, None
         return (sum(values[:k]) / k, sum(values[-k:]) / k) if values else (nan, nan)
 
+    loss_start, loss_end = ends(losses, True)
     swap_start, swap_end = ends(swaps, swapping)
     prior_start, prior_end = ends(priors, drawing)
     return PolishResult(steps=len(losses), seconds=time.time() - t0, lr=float(lr), batch_size=int(batch_size),
-                        input_layers_kept=bool(keep_input_layers),
-                        loss_start=sum(losses[:k]) / k if losses else nan,
-                        loss_end=sum(losses[-k:]) / k if losses else nan, bn_batches=used,
+                        input_layers_kept=bool(keep_input_layers), loss_start=loss_start, loss_end=loss_end,
+                        bn_batches=used,
                         swap_weight=float(swap_weight), swap_start=swap_start, swap_end=swap_end,
                         prior_weight=float(prior_weight), prior_start=prior_start, prior_end=prior_end)
 

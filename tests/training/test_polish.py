@@ -56,6 +56,14 @@ def _swap_term(model, ds):
         return float(swap_consistency(model, f, z, f_logvar, z_logvar).mean())
 
 
+def _prior_term(model, ds, seed=5):
+    _, z, _, z_logvar = posterior_means(model, ds, with_logvar=True)
+    model.eval()
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return float(prior_consistency(model, z, z_logvar).mean())
+
+
 def test_the_swap_term_scores_the_mixed_decode_against_the_codes_it_came_from(tiny_data):
     torch.manual_seed(0)
     model = build_model("cdsvae", TINY_CDSVAE).eval()
@@ -75,10 +83,10 @@ def test_the_swap_term_scores_the_mixed_decode_against_the_codes_it_came_from(ti
 
 
 @pytest.mark.parametrize("name,measure,bn_batches", [
-    ("swap", lambda model, ds: _swap_term(model, ds), 4),
+    ("swap", _swap_term, 4),
     # no batch-norm recalibration after the prior polish: it runs plain reconstructions, whose statistics blur the
     # comparison of decodes with the prior's looks
-    ("prior", lambda model, ds: _prior_term(model, ds), 0),
+    ("prior", _prior_term, 0),
 ])
 def test_a_consistency_weight_lowers_its_term_more_than_the_plain_polish(tiny_data, name, measure, bn_batches):
     # an untrained encoder's posterior variances are ~1 and its reading barely moves with the decode, so the
@@ -112,14 +120,6 @@ def test_the_swap_weight_is_checked(tiny_data):
             polish_decoder(model, tiny_data, steps=1, swap_weight=bad)
         with pytest.raises(DsvaeError, match="prior-consistency weight"):
             polish_decoder(model, tiny_data, steps=1, prior_weight=bad)
-
-
-def _prior_term(model, ds, seed=5):
-    _, z, _, z_logvar = posterior_means(model, ds, with_logvar=True)
-    model.eval()
-    with torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return float(prior_consistency(model, z, z_logvar).mean())
 
 
 def test_the_prior_term_scores_a_decode_with_a_prior_look_against_the_dynamics_it_came_from(tiny_data):
