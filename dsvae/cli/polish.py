@@ -9,7 +9,7 @@ Refit the decoder of a trained run to decode its encoder's posterior means (f_me
 training sequences: everything else frozen (the decoder's input layers too, unless --all-layers),
 squared error, Adam with a cosine decay to 0 over the budget, then the decoder's batch-norm
 statistics recomputed. A decoder trained on posterior samples draws close classes (two skin
-palettes) as their blend; the polish sharpens them. No labels are read.
+palettes) as their blend; the polish sharpens them. No labels are used.
 
 The weights dsvae.load uses (the weight average when the run kept one) are polished and written back
 into the run's last checkpoint (atomically); checkpoints/step_*.pt keep the unpolished weights. The
@@ -45,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also ask that each sequence's z decoded with a look drawn from the static prior (the "
                         "dynamic test's decode) encodes back to that z (the frozen encoder as critic, times W). "
                         "Default 0 = off; costs a second decode and an encode per step")
+    p.add_argument("--pair-share", type=float, default=0.0, metavar="S",
+                   help="decode this share (0-1) of each batch from the static code of a colour neighbour (one of "
+                        "the sequence's --neighbours nearest training sequences by colour histogram: the same "
+                        "character in another motion, found without labels), its own frames the target: the swap "
+                        "and static tests' decode with a real target. Default 0 = off; no extra cost per step")
+    p.add_argument("--neighbours", type=int, default=3, metavar="K",
+                   help="colour neighbours a --pair-share partner is drawn from (default 3, as dsvae data mix)")
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
     p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
                    help="autocast precision: auto = bf16 on GPU, fp32 on CPU")
@@ -60,11 +67,15 @@ def _polish(args: argparse.Namespace) -> int:
     minutes = 10.0 if args.minutes is None and args.steps is None else args.minutes
     done = polish_run(args.run, args.data, minutes=minutes, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                       bn_batches=args.bn_batches, keep_input_layers=not args.all_layers,
-                      swap_weight=args.swap_weight, prior_weight=args.prior_weight, device=args.device,
+                      swap_weight=args.swap_weight, prior_weight=args.prior_weight, pair_share=args.pair_share,
+                      neighbours=args.neighbours, device=args.device,
                       amp=args.amp, seed=args.seed, resident=not args.lazy, progress=not args.quiet,
                       out=args.out)
     terms = "".join(f", {name} consistency {done[f'{name}_start']:.4g} -> {done[f'{name}_end']:.4g}"
                     for name in ("swap", "prior") if done[f"{name}_weight"])
+    if done["pair_share"]:
+        terms += (f", {done['pair_share']:g} of the decodes from a colour neighbour's f (same character for "
+                  f"{100 * done['pair_precision']:.2f}% of the {done['pair_neighbours']} neighbours)")
     print(f"polished the decoder of the {'weight average' if done['weights'] == 'ema' else 'trained weights'}: "
           f"{done['steps']} steps in {done['seconds']:.0f} s, reconstruction {done['loss_start']:.4g} -> "
           f"{done['loss_end']:.4g}{terms}; written to {done['checkpoint']}")

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from dsvae.data import schema
+from dsvae.data.dataset import SpritesDataset
 from dsvae.errors import DsvaeError
 
 
@@ -83,6 +84,22 @@ def colour_neighbours(videos: torch.Tensor, k: int) -> torch.Tensor:
     return _nearest(colour_histograms(videos), k)
 
 
+def dataset_colour_neighbours(ds: SpritesDataset, k: int) -> torch.Tensor:
+    """(len(ds), k) long: :func:`colour_neighbours` of a data set's sequences, compared at their stored frame
+    size (downscaling blends the colours) and read in blocks (a lazy data set is never held whole)."""
+    n = len(ds)
+    if ds.videos is not None and ds.image_size == ds.stored_size:
+        counts = _colour_counts(ds.videos)
+    else:
+        full = SpritesDataset(ds.path, ds.split, resident=False, indices=ds.file_indices)
+        try:
+            counts = torch.cat([_colour_counts(full.videos_uint8(np.arange(s, min(s + _BLOCK, n))))
+                                for s in range(0, n, _BLOCK)])
+        finally:
+            full.close()
+    return _nearest(_histograms(counts), k)
+
+
 def mix_motions(data_file: str | os.PathLike, out: str | os.PathLike, share: float = 0.5, seed: int = 0,
                 image_size: int | None = None, limit: int | None = None, overwrite: bool = False,
                 progress: bool = False, pairing: str = "colours", neighbours: int = 3) -> Path:
@@ -102,8 +119,6 @@ def mix_motions(data_file: str | os.PathLike, out: str | os.PathLike, share: flo
     ~33% swap action accuracy). Frames are stored at ``image_size`` (default: the data set's);
     ``limit`` keeps the first N sequences. Seeded: the same arguments give the same file.
     """
-    from dsvae.data.dataset import SpritesDataset
-
     if not 0.0 <= share <= 1.0:
         raise DsvaeError(f"mix share must be in [0, 1], got {share!r}")
     if pairing not in PAIRINGS:
@@ -127,14 +142,7 @@ def mix_motions(data_file: str | os.PathLike, out: str | os.PathLike, share: flo
         partners = [[j for a, j in sorted(by_char[int(c)].items()) if a != a_i]
                     for c, a_i in zip(chars.tolist(), actions.tolist())]
     else:
-        if ds.image_size == ds.stored_size:
-            counts = _colour_counts(videos)
-        else:  # compare the stored frames: downscaling blends the colours
-            full = SpritesDataset(data_file, "train", resident=False, limit=limit)
-            counts = torch.cat([_colour_counts(full.videos_uint8(np.arange(s, min(s + _BLOCK, n))))
-                                for s in range(0, n, _BLOCK)])
-            full.close()
-        near = _nearest(_histograms(counts), min(neighbours, n - 1)) if n > 1 else torch.empty(n, 0, dtype=torch.long)
+        near = dataset_colour_neighbours(ds, min(neighbours, n - 1)) if n > 1 else torch.empty(n, 0, dtype=torch.long)
         partners = near.tolist()
         if near.numel():  # reported only: how often a colour neighbour is the same character
             precision = float((torch.from_numpy(chars)[near] == torch.from_numpy(chars)[:, None]).float().mean())

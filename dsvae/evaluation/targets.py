@@ -50,7 +50,19 @@ class Target:
         return low <= value <= high
 
     def format(self, value: float) -> str:
-        return f"{100 * value:.2f}%" if self.percent else f"{value:.4g}" if value < 0.01 else f"{value:.3f}"
+        """The value as a table shows it (percent to two decimals, small values to four significant digits,
+        others to three decimals), with more digits where those would put it on the other side of the bound
+        (a skin accuracy of 99.8999% is not shown as a missed "99.90%")."""
+        for extra in range(6):
+            if self.percent:
+                text = f"{100 * value:.{2 + extra}f}%"
+                shown = float(text[:-1]) / 100
+            else:
+                text = f"{value:.{4 + extra}g}" if value < 0.01 else f"{value:.{3 + extra}f}"
+                shown = float(text)
+            if self.met_by(shown) == self.met_by(value):
+                break
+        return text
 
 
 ISSUE7: tuple[Target, ...] = (

@@ -10,7 +10,8 @@ read the codes) and fits it for a few minutes to reconstruct training sequences 
 means, ``decode(f_mean, z_mean)`` (squared error summed over pixels, the DSVAE's reconstruction term),
 with Adam and a cosine decay of the learning rate to zero over the budget; then recomputes the
 decoder's batch-norm statistics under the new weights. Encoder and priors stay as they were, so every
-code does too: only how codes are decoded changes. No labels are read.
+code does too: only how codes are decoded changes. No labels are used (with ``pair_share`` the character ids
+are read only to report how often a colour neighbour is the same character, as ``dsvae data mix`` does).
 ``swap_weight`` > 0 also asks that each sequence's f decoded with another sequence's z encodes back to both
 codes (:func:`swap_consistency`; measured in BENCHMARKS.md section 7: within a fixed budget it lost to the
 plain refit's extra steps, so it is off by default).
@@ -19,6 +20,14 @@ plain refit's extra steps, so it is off by default).
 whatever look the prior draws (BENCHMARKS.md section 7: the dynamic test's doubt comes mostly with draws
 decoded as the darkest skin, whose arm all but disappears against the black background; measured there, it
 kept IS but cost attribute accuracy in a fixed budget, so it is off by default).
+``pair_share`` > 0 decodes that share of each batch from a *colour neighbour's* static code: sequence i's
+frames are the target of ``decode(f_mean[j], z_mean[i])`` with j one of i's nearest training sequences by colour
+histogram (:func:`dsvae.data.mixing.dataset_colour_neighbours`, the pairing ``dsvae data mix`` uses: the same
+character in another motion, found without labels). That is the swap and static tests' decode, an f with
+dynamics it was not encoded with, given a real target; the plain polish only decodes each f with its own z.
+It costs nothing per step (the same decode, other codes), and the neighbours are found once (seconds).
+Measured in BENCHMARKS.md section 7 (one trained seed): fewer misread skins in the static and swap tests
+(25 -> 17 of 7,992 static decodes; with every layer refit 13 -> 8), IS unchanged; off by default.
 ``polish_run`` does it for the weights ``dsvae.load`` uses of a run (the weight average when the run
 kept one) and writes them back into the checkpoint they came from (a run folder's ``last.pt``),
 atomically; the run's periodic checkpoints (``checkpoints/step_*.pt``) keep the unpolished weights. With
@@ -40,6 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dsvae.data.dataset import SpritesDataset
+from dsvae.data.mixing import dataset_colour_neighbours
 from dsvae.errors import DsvaeError
 from dsvae.models.base import reconstruction_loss
 from dsvae.training.batchnorm import recalibrate_batchnorm
@@ -61,6 +71,9 @@ class PolishResult:
     prior_weight: float = 0.0  # weight of the prior-consistency term (0: off)
     prior_start: float | None = None  # its mean over the first and last 10% of the steps (None: off)
     prior_end: float | None = None
+    pair_share: float = 0.0  # share of the decodes whose static code came from a colour neighbour (0: off)
+    pair_neighbours: int | None = None  # how many nearest sequences by colour each one's partner was drawn from
+    pair_precision: float | None = None  # reported only: how often such a neighbour is the same character
 
     def record(self, weights: str, data: str | os.PathLike) -> dict[str, Any]:
         """What a checkpoint keeps under ``"polished"`` (plain types): which weights, the budget and losses."""
@@ -134,7 +147,8 @@ def _code_nll(mean: torch.Tensor, code: torch.Tensor, logvar: torch.Tensor) -> t
 
 def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None = None, steps: int | None = None,
                    lr: float = 3e-4, batch_size: int = 32, bn_batches: int = 200, keep_input_layers: bool = True,
-                   swap_weight: float = 0.0, prior_weight: float = 0.0, autocast_dtype: torch.dtype | None = None,
+                   swap_weight: float = 0.0, prior_weight: float = 0.0, pair_share: float = 0.0,
+                   neighbours: int = 3, autocast_dtype: torch.dtype | None = None,
                    seed: int = 0, progress: bool = False) -> PolishResult:
     """Fit ``model.decoder`` to decode the posterior means of ``ds``'s sequences (see the module doc).
 
@@ -151,7 +165,9 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
     decode of each sequence's f with another's z back as those codes) to the loss; it costs a second
     decode and an encode per step. ``prior_weight`` > 0 likewise adds ``prior_weight`` times
     :func:`prior_consistency` (each sequence's z decoded with a look drawn from the prior, read back as that z;
-    the draws follow ``seed``), at the same cost.
+    the draws follow ``seed``), at the same cost. ``pair_share`` in [0, 1] decodes that share of each batch
+    from the static code of one of the sequence's ``neighbours`` nearest sequences by colour (module doc), at
+    no extra cost per step.
     """
     if minutes is None and steps is None:
         raise DsvaeError("give the polish a budget: minutes and/or steps")
@@ -162,6 +178,10 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
     for name, weight in (("swap", swap_weight), ("prior", prior_weight)):
         if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
             raise DsvaeError(f"the {name}-consistency weight must be a number >= 0 (0 = off), got {weight!r}")
+    if not (isinstance(pair_share, (int, float)) and 0.0 <= pair_share <= 1.0):
+        raise DsvaeError(f"the pair share must be a number in [0, 1] (0 = off), got {pair_share!r}")
+    if pair_share > 0 and (isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1):
+        raise DsvaeError(f"neighbours must be an integer >= 1, got {neighbours!r}")
     decoder = getattr(model, "decoder", None)
     if not isinstance(decoder, nn.Module):
         raise DsvaeError(f"{type(model).__name__} has no decoder module to polish")
@@ -172,8 +192,14 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
     device = next(model.parameters()).device
     kind = getattr(model.config, "recon_loss", "mse")
     swapping, drawing = swap_weight > 0, prior_weight > 0
-    if swapping and len(ds) < 2:
-        raise DsvaeError("the swap-consistency term needs at least two training sequences")
+    pairing = pair_share > 0
+    if (swapping or pairing) and len(ds) < 2:
+        raise DsvaeError(f"the {'swap-consistency term' if swapping else 'pair share'} needs at least two "
+                         "training sequences")
+    partners = precision = None
+    if pairing:
+        partners = dataset_colour_neighbours(ds, min(neighbours, len(ds) - 1))
+        precision = float((ds.characters[partners] == ds.characters[:, None]).float().mean())
     codes = posterior_means(model, ds, autocast_dtype=autocast_dtype, progress=progress,
                             with_logvar=swapping or drawing)
     f_all, z_all = codes[:2]
@@ -216,9 +242,14 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
                 idx = torch.randint(0, len(ds), (min(batch_size, len(ds)),), generator=g)
                 x = ds.batch(idx)["x"].to(device)
                 i = idx.to(f_all.device)
+                source = i
+                if partners is not None:  # this share of the batch takes its static code from a colour neighbour
+                    swap_in = torch.rand(len(idx), generator=g) < pair_share
+                    pick = partners[idx, torch.randint(0, partners.shape[1], (len(idx),), generator=g)]
+                    source = torch.where(swap_in, pick, idx).to(f_all.device)
                 with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                                     enabled=autocast_dtype is not None):
-                    x_hat = model.decode(f_all[i], z_all[i])
+                    x_hat = model.decode(f_all[source], z_all[i])
                     recon = reconstruction_loss(x_hat, x, kind).mean()
                     loss = recon
                     if swapping:
@@ -271,13 +302,15 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
                         input_layers_kept=bool(keep_input_layers), loss_start=loss_start, loss_end=loss_end,
                         bn_batches=used,
                         swap_weight=float(swap_weight), swap_start=swap_start, swap_end=swap_end,
-                        prior_weight=float(prior_weight), prior_start=prior_start, prior_end=prior_end)
+                        prior_weight=float(prior_weight), prior_start=prior_start, prior_end=prior_end,
+                        pair_share=float(pair_share), pair_neighbours=int(partners.shape[1]) if pairing else None,
+                        pair_precision=precision)
 
 
 def polish_run(run: str | os.PathLike, data: str | os.PathLike, minutes: float | None = None,
                steps: int | None = None, lr: float = 3e-4, batch_size: int = 32, bn_batches: int = 200,
                keep_input_layers: bool = True, swap_weight: float = 0.0, prior_weight: float = 0.0,
-               device: str = "auto", amp: str = "auto",
+               pair_share: float = 0.0, neighbours: int = 3, device: str = "auto", amp: str = "auto",
                seed: int = 0, resident: bool = True, progress: bool = True,
                out: str | os.PathLike | None = None) -> dict[str, Any]:
     """Polish the decoder of the weights ``dsvae.load(run)`` uses and write them back into the run's
@@ -307,7 +340,7 @@ def polish_run(run: str | os.PathLike, data: str | os.PathLike, minutes: float |
     try:
         result = polish_decoder(model, ds, minutes=minutes, steps=steps, lr=lr, batch_size=batch_size,
                                 bn_batches=bn_batches, keep_input_layers=keep_input_layers, swap_weight=swap_weight,
-                                prior_weight=prior_weight,
+                                prior_weight=prior_weight, pair_share=pair_share, neighbours=neighbours,
                                 autocast_dtype=amp_dtype(amp, dev), seed=seed, progress=progress)
     finally:
         ds.close()

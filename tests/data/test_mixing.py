@@ -10,7 +10,7 @@ import torch
 
 from dsvae.cli import main
 from dsvae.data.dataset import SpritesDataset
-from dsvae.data.mixing import colour_histograms, colour_neighbours, mix_motions
+from dsvae.data.mixing import colour_histograms, colour_neighbours, dataset_colour_neighbours, mix_motions
 from dsvae.errors import DsvaeError
 
 
@@ -75,6 +75,21 @@ def test_colour_neighbours_find_the_sequence_with_the_same_colours():
     assert bool((hist[:, 0] == 0).all())  # the background colour (black, the most common) is dropped
     with pytest.raises(DsvaeError, match="neighbours"):
         colour_neighbours(videos, 6)
+
+
+def test_a_data_sets_colour_neighbours_are_compared_at_the_stored_size(procedural_h5):
+    stored = SpritesDataset(procedural_h5, "train", limit=60)
+    small_lazy = SpritesDataset(procedural_h5, "train", image_size=stored.stored_size // 4, limit=60, resident=False)
+    try:
+        near = dataset_colour_neighbours(stored, 2)
+        assert torch.equal(near, colour_neighbours(stored.videos, 2))
+        # a lazy data set at a smaller frame size gets the stored frames' neighbours, not the blended ones
+        assert torch.equal(dataset_colour_neighbours(small_lazy, 2), near)
+        assert not torch.equal(colour_neighbours(small_lazy.videos_uint8(np.arange(60)), 2), near)
+        assert float((stored.characters[near[:, 0]] == stored.characters).float().mean()) > 0.9
+    finally:
+        stored.close()
+        small_lazy.close()
 
 
 def test_colour_pairing_reads_no_labels(procedural_h5, tmp_path):

@@ -53,6 +53,10 @@ def test_each_bound_is_missed_just_past_it(field, value, label):
     rows = {r["target"]: r for r in check_targets(_results(**{field: value}))}
     assert rows[label]["met"] is False
     assert rows[label]["value"] == pytest.approx(value)
+    # what the table shows is on the same side of the bound: never a missed "8.990" against IS >= 8.99
+    target = next(t for t in ISSUE7 if t.label == label)
+    shown = rows[label]["shown"]
+    assert target.met_by(float(shown.rstrip("%")) / (100 if shown.endswith("%") else 1)) is False
     assert sum(r["met"] for r in rows.values()) == len(ISSUE7) - 1
 
 
@@ -60,6 +64,15 @@ def test_every_attribute_counts_on_its_own():
     rows = {r["target"]: r["met"] for r in check_targets(_results(attrs=(0.9989, 1.0, 1.0, 1.0)))}
     assert rows["static: body >= 99.9%"] is False
     assert rows["static: bottom >= 99.9%"] is True
+
+
+def test_a_value_that_rounds_onto_the_bound_is_shown_with_the_digits_that_tell():
+    # 8 misread skins in 3 x 2,664 decodes: 99.8999%, which two decimals would show as "99.90%"
+    rows = {r["target"]: r for r in check_targets(_results(attrs=(1 - 8 / 7992, 0.999, 1.0, 1.0)))}
+    assert (rows["static: body >= 99.9%"]["shown"], rows["static: body >= 99.9%"]["met"]) == ("99.8999%", False)
+    assert (rows["static: bottom >= 99.9%"]["shown"], rows["static: bottom >= 99.9%"]["met"]) == ("99.90%", True)
+    assert {r["shown"] for r in check_targets(_results(is_=8.98999)) if r["target"].startswith("dynamic: IS")} == {
+        "8.98999"}
 
 
 def test_a_test_the_model_cannot_do_is_never_counted_as_met():

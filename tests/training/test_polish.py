@@ -4,6 +4,7 @@ import torch
 import dsvae
 from dsvae.cli import main
 from dsvae.data.dataset import SpritesDataset
+from dsvae.data.mixing import dataset_colour_neighbours
 from dsvae.errors import DsvaeError
 from dsvae.models import build_model
 from dsvae.models.base import reconstruction_loss
@@ -120,6 +121,42 @@ def test_the_swap_weight_is_checked(tiny_data):
             polish_decoder(model, tiny_data, steps=1, swap_weight=bad)
         with pytest.raises(DsvaeError, match="prior-consistency weight"):
             polish_decoder(model, tiny_data, steps=1, prior_weight=bad)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_the_pair_share_decodes_that_share_from_a_colour_neighbours_static_code(tiny_data, monkeypatch, share):
+    torch.manual_seed(0)
+    model = build_model("cdsvae", TINY_CDSVAE).eval()
+    f_all, z_all = posterior_means(model, tiny_data)
+    partners = dataset_colour_neighbours(tiny_data, 2)
+    seen = []
+    decode = model.decode
+    monkeypatch.setattr(model, "decode", lambda f, z: seen.append((f.detach(), z.detach())) or decode(f, z))
+    result = polish_decoder(model, tiny_data, steps=12, lr=3e-3, batch_size=16, bn_batches=0, pair_share=share,
+                            neighbours=2)
+    from_partner = []
+    for f, z in seen:  # each decode's dynamics name its sequence i; its static code is i's or a neighbour's
+        i = (z_all[None] == z[:, None]).flatten(2).all(-1).float().argmax(1)
+        own = (f == f_all[i]).all(1)
+        near = torch.stack([(f == f_all[partners[i, k]]).all(1) for k in range(2)]).any(0)
+        assert bool((own | near).all())
+        from_partner.append(near & ~own)
+    share_seen = float(torch.cat(from_partner).float().mean())
+    assert len(seen) == 12 and abs(share_seen - share) < 0.15
+    if share:
+        assert result.pair_share == share and result.pair_neighbours == 2 and 0.5 < result.pair_precision <= 1.0
+    else:
+        assert result.pair_neighbours is None and result.pair_precision is None
+
+
+def test_the_pair_share_is_checked(tiny_data):
+    model = build_model("cdsvae", TINY_CDSVAE)
+    for bad in (-0.1, 1.5, float("nan"), "1"):
+        with pytest.raises(DsvaeError, match="pair share"):
+            polish_decoder(model, tiny_data, steps=1, pair_share=bad)
+    for bad in (0, True, 1.5):
+        with pytest.raises(DsvaeError, match="neighbours"):
+            polish_decoder(model, tiny_data, steps=1, pair_share=0.5, neighbours=bad)
 
 
 def test_the_prior_term_scores_a_decode_with_a_prior_look_against_the_dynamics_it_came_from(tiny_data):
@@ -276,6 +313,14 @@ def test_cli_polish(tmp_path, procedural_h5, capsys):
     assert main(["polish", "--run", str(third), "--data", str(procedural_h5), "--steps", "2", "--prior-weight", "0.5",
                  "--quiet"]) == 0
     assert "prior consistency" in capsys.readouterr().out and load_checkpoint(third)["polished"]["prior_weight"] == 0.5
+    assert main(["polish", "--run", str(step), "--data", str(procedural_h5), "--steps", "2", "--bn-batches", "0",
+                 "--pair-share", "1.5", "--out", str(tmp_path / "paired"), "--quiet"]) == 2
+    assert "pair share" in capsys.readouterr().err and not (tmp_path / "paired").exists()
+    assert main(["polish", "--run", str(step), "--data", str(procedural_h5), "--steps", "2", "--bn-batches", "0",
+                 "--pair-share", "0.5", "--neighbours", "2", "--out", str(tmp_path / "paired"), "--quiet"]) == 0
+    assert "0.5 of the decodes from a colour neighbour's f" in capsys.readouterr().out
+    record = load_checkpoint(tmp_path / "paired")["polished"]
+    assert record["pair_share"] == 0.5 and record["pair_neighbours"] == 2 and 0.5 < record["pair_precision"] <= 1
     assert main(["polish", "--run", str(tmp_path / "missing"), "--data", str(procedural_h5), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
