@@ -62,7 +62,8 @@ class PolishResult:
     lr: float
     batch_size: int
     input_layers_kept: bool
-    loss_start: float  # mean reconstruction loss of the first and last 10% of the steps (at least one)
+    loss_start: float  # mean reconstruction loss of the first and last 10% of the steps (at least one); with
+    # pair_share, of the decodes as fitted (partly from neighbours' codes), so not comparable with a plain polish's
     loss_end: float
     bn_batches: int  # batches the decoder's batch-norm statistics were recomputed over (0: it has none)
     swap_weight: float = 0.0  # weight of the swap-consistency term (0: off)
