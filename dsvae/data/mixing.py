@@ -100,6 +100,12 @@ def dataset_colour_neighbours(ds: SpritesDataset, k: int) -> torch.Tensor:
     return _nearest(_histograms(counts), k)
 
 
+def same_character_share(characters: torch.Tensor, near: torch.Tensor) -> float:
+    """The share of the neighbours ``near`` (N, k) that show the same character as their sequence (ids (N,)):
+    the pairing's precision, reported only (the pairing itself reads no labels)."""
+    return float((characters[near] == characters[:, None]).float().mean())
+
+
 def mix_motions(data_file: str | os.PathLike, out: str | os.PathLike, share: float = 0.5, seed: int = 0,
                 image_size: int | None = None, limit: int | None = None, overwrite: bool = False,
                 progress: bool = False, pairing: str = "colours", neighbours: int = 3) -> Path:
@@ -145,7 +151,7 @@ def mix_motions(data_file: str | os.PathLike, out: str | os.PathLike, share: flo
         near = dataset_colour_neighbours(ds, min(neighbours, n - 1)) if n > 1 else torch.empty(n, 0, dtype=torch.long)
         partners = near.tolist()
         if near.numel():  # reported only: how often a colour neighbour is the same character
-            precision = float((torch.from_numpy(chars)[near] == torch.from_numpy(chars)[:, None]).float().mean())
+            precision = same_character_share(ds.characters, near)
     mixed = videos.clone()
     chosen = rng.random(n) < share
     for i in np.flatnonzero(chosen):

@@ -49,7 +49,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dsvae.data.dataset import SpritesDataset
-from dsvae.data.mixing import dataset_colour_neighbours
+from dsvae.data.mixing import dataset_colour_neighbours, same_character_share
 from dsvae.errors import DsvaeError
 from dsvae.models.base import reconstruction_loss
 from dsvae.training.batchnorm import recalibrate_batchnorm
@@ -200,7 +200,7 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
     partners = precision = None
     if pairing:
         partners = dataset_colour_neighbours(ds, min(neighbours, len(ds) - 1))
-        precision = float((ds.characters[partners] == ds.characters[:, None]).float().mean())
+        precision = same_character_share(ds.characters, partners)
     codes = posterior_means(model, ds, autocast_dtype=autocast_dtype, progress=progress,
                             with_logvar=swapping or drawing)
     f_all, z_all = codes[:2]
