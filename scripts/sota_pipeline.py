@@ -23,6 +23,8 @@ Variants (``--variants``, comma separated, in table order):
     +anneal    plain + a KL warm-up (kl_anneal_steps from --anneal-steps)
     all        the cdsvae preset as it is (every default ingredient on)
     all+prior  all + the prior-sampled positives
+    all+pair   all + the partner reconstruction (pair_share from --pair-share: that share of each batch
+               decoded from a colour neighbour's static code)
     all-X      all without ingredient X (X = static, dynamic, mi)
 
 ``--curve N`` also measures time to quality along each run: a checkpoint every ``--curve-every`` steps, all
@@ -94,6 +96,8 @@ def variant_spec(name: str, args: argparse.Namespace) -> tuple[str, dict[str, An
         return "cdsvae", {}
     if name == "all+prior":
         return "cdsvae", {"prior_swap_weight": on["prior_swap_weight"]}
+    if name == "all+pair":
+        return "cdsvae", {"pair_share": full["pair_share"] or args.pair_share}
     if name == "+anneal":
         return "cdsvae", {**OFF, "kl_anneal_steps": args.anneal_steps}
     if name.startswith("+") and name[1:] in INGREDIENT_WEIGHTS:
@@ -410,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set-dsvae", action="append", default=[], metavar="KEY=VALUE",
                    help="config override of the dsvae variant (repeatable)")
     p.add_argument("--prior-weight", type=float, default=1.0, help="prior_swap_weight of +prior / all+prior")
+    p.add_argument("--pair-share", type=float, default=0.5, help="pair_share of all+pair")
     p.add_argument("--anneal-steps", type=int, default=2000, help="kl_anneal_steps of +anneal")
     p.add_argument("--eval-limit", type=int, help="evaluate the first N test videos only (default: all)")
     p.add_argument("--repeats", type=int, default=5, help="evaluation repeats (default 5)")

@@ -118,6 +118,11 @@ class SequenceModel(nn.Module):
     def loss(self, batch: Mapping[str, torch.Tensor], phase: str = "main") -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def partner_neighbours(self) -> int:
+        """How many nearest training sequences by colour each sequence's partner is drawn from, when the loss
+        reads partner frames (``batch["x_pair"]``, passed by the trainer); 0 (the default): it reads none."""
+        return 0
+
     def phase_parameters(self, phase: str) -> list[nn.Parameter]:
         if phase != "main":
             raise KeyError(phase)

@@ -42,12 +42,23 @@ weight (0 switches it off and leaves the loss exactly the DSVAE's):
 7. **mixture prior** (``prior_components``, a DSVAE option; 1 = the paper's Gaussian): the LSTM
    prior p(z_t | z_<t) as a mixture of Gaussians, so that dynamics rolled out from it (the static
    test's) follow one motion instead of the blend of all of them.
+8. **partner reconstruction** (``pair_share``): that share of each batch reconstructs its frames
+   from the static code of a *partner*, ``decode(f_partner, z)``: a sequence the trainer draws
+   from the ``pair_neighbours`` nearest training sequences by colour histogram
+   (:func:`dsvae.data.mixing.dataset_colour_neighbours`, the pairing ``dsvae data mix`` uses; the
+   same character in another motion, found without labels) and passes as ``batch["x_pair"]``.
+   The swap and static tests decode an ``f`` with dynamics it was not encoded with; this gives
+   that decode a real target while training (``dsvae polish --pair-share`` does the same for a
+   finished model's decoder). One more pass of the frame encoder and the f-LSTM over the
+   partners (no z-LSTM), without gradients when ``view_grad`` is false (the partner's ``f`` is
+   then a fixed code the decoder and z must explain the sequence with). It changes the
+   reconstruction term by design; 0 leaves every term as it was.
 
 With ``view_grad`` false the augmented views of 1 and 2 are encoded without gradients: each
 view is a fixed target that its sequence's code is pulled towards (as a momentum encoder's
 keys are in MoCo, here the same weights), which skips the views' backward pass.
 
-No labels are used: the loss reads ``batch["x"]`` only. The contrastive terms compare
+No labels are used: the loss reads ``batch["x"]`` only (and ``batch["x_pair"]`` with a pair share). The contrastive terms compare
 posterior means (``contrast_code="mean"``) or samples (``"sample"``). Augmentation noise is
 drawn with :meth:`~dsvae.models.base.SequenceModel.randn` after the ELBO's, so switching an
 ingredient on leaves the ELBO terms of a seeded step unchanged.
@@ -91,6 +102,8 @@ class CDSVAEConfig(DSVAEConfig):
     view_grad: bool = True
     kl_anneal_steps: int = 0
     kl_anneal_start: float = 0.1
+    pair_share: float = 0.0
+    pair_neighbours: int = 3
 
     def validate(self) -> None:
         super().validate()
@@ -113,6 +126,11 @@ class CDSVAEConfig(DSVAEConfig):
             raise DsvaeError(f"CDSVAEConfig.kl_anneal_steps must be an integer >= 0, got {self.kl_anneal_steps!r}")
         if not 0.0 <= self.kl_anneal_start <= 1.0:
             raise DsvaeError(f"CDSVAEConfig.kl_anneal_start must be in [0, 1], got {self.kl_anneal_start!r}")
+        if (not isinstance(self.pair_share, (int, float)) or isinstance(self.pair_share, bool)
+                or not 0.0 <= self.pair_share <= 1.0):
+            raise DsvaeError(f"CDSVAEConfig.pair_share must be in [0, 1] (0 = off), got {self.pair_share!r}")
+        if not isinstance(self.pair_neighbours, int) or isinstance(self.pair_neighbours, bool) or self.pair_neighbours < 1:
+            raise DsvaeError(f"CDSVAEConfig.pair_neighbours must be an integer >= 1, got {self.pair_neighbours!r}")
 
 
 # ----------------------------------------------------------------------------------
@@ -249,6 +267,10 @@ class CDSVAE(DSVAE):
         frac = min(1.0, int(self.train_step) / c.kl_anneal_steps)
         return c.kl_anneal_start + (1.0 - c.kl_anneal_start) * frac
 
+    def partner_neighbours(self) -> int:
+        c: CDSVAEConfig = self.config
+        return c.pair_neighbours if c.pair_share > 0 else 0
+
     def _codes(self, post: Posterior) -> tuple[torch.Tensor, torch.Tensor]:
         if self.config.contrast_code == "mean":
             return post.f_mean, post.z_mean
@@ -259,7 +281,8 @@ class CDSVAE(DSVAE):
         x = batch["x"]
         feats = self.encoder.frames(x)
         post = self.encode_features(feats)
-        x_hat = self.decode(post.f, post.z)
+        f_decoded = self._partner_static(batch, post) if c.pair_share > 0 else post.f
+        x_hat = self.decode(f_decoded, post.z)
         recon = reconstruction_loss(x_hat, x, c.recon_loss).mean()
         kl_f = kl_normal_std(post.f_mean.float(), post.f_logvar.float()).mean()
         kl_z = self.kl_dynamics(post).mean()
@@ -311,6 +334,23 @@ class CDSVAE(DSVAE):
         if self.training and phase == "main":
             self.train_step += 1
         return {"loss": total, **terms}
+
+    def _partner_static(self, batch: Mapping[str, torch.Tensor], post: Posterior) -> torch.Tensor:
+        """The static codes the reconstruction decodes: the partner's (a posterior sample of
+        ``batch["x_pair"]``) in a share ``pair_share`` of the rows, the sequence's own elsewhere."""
+        c: CDSVAEConfig = self.config
+        if "x_pair" not in batch:
+            raise DsvaeError("this model reconstructs from partners' static codes (pair_share > 0) and needs "
+                             "their frames as batch['x_pair']: dsvae's trainer passes them")
+        x_pair = batch["x_pair"]
+        if x_pair.shape != batch["x"].shape:
+            raise DsvaeError(f"batch['x_pair'] must have the shape of batch['x'], {tuple(batch['x'].shape)}; "
+                             f"got {tuple(x_pair.shape)}")
+        with self._view_context():
+            f_mean, f_logvar = self.static_posterior(self.encoder.frames(x_pair))
+            f_pair = self.reparameterize(f_mean, f_logvar)
+        rows = torch.special.ndtr(self.randn((post.f.shape[0],), like=post.f.float())) < c.pair_share
+        return torch.where(rows[:, None], f_pair.to(post.f.dtype), post.f)
 
     def _view_context(self) -> contextlib.AbstractContextManager:
         """Where the contrastive terms' augmented views are encoded: with gradients, or (``view_grad``

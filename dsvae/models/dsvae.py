@@ -128,11 +128,7 @@ class DSVAE(SequenceModel):
     def encode_features(self, feats: torch.Tensor) -> Posterior:
         """Posterior from per-frame features (B, T, D)."""
         c: DSVAEConfig = self.config
-        h = c.hidden_dim
-        out, _ = self.f_lstm(feats)
-        # last step of the forward direction and first step of the backward one
-        summary = torch.cat([out[:, -1, :h], out[:, 0, h:]], dim=-1)
-        f_mean, f_logvar = self.f_head(summary).chunk(2, dim=-1)
+        f_mean, f_logvar = self.static_posterior(feats)
         f = self.reparameterize(f_mean, f_logvar)
         if c.posterior == "full":
             # condition on a posterior sample while training, on the mean otherwise
@@ -144,6 +140,15 @@ class DSVAE(SequenceModel):
             z_mean, z_logvar = self.z_head(feats).chunk(2, dim=-1)
         z = self.reparameterize(z_mean, z_logvar)
         return Posterior(f_mean, f_logvar, f, z_mean, z_logvar, z)
+
+    def static_posterior(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The static code's posterior (mean, log-variance), each (B, f_dim), from per-frame features (B, T, D)."""
+        h = self.config.hidden_dim
+        out, _ = self.f_lstm(feats)
+        # last step of the forward direction and first step of the backward one
+        summary = torch.cat([out[:, -1, :h], out[:, 0, h:]], dim=-1)
+        f_mean, f_logvar = self.f_head(summary).chunk(2, dim=-1)
+        return f_mean, f_logvar
 
     def encode(self, x: torch.Tensor) -> Posterior:
         return self.encode_features(self.encoder.frames(x))

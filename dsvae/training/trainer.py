@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from dsvae import __version__
 from dsvae.data.dataset import SpritesDataset, to_float
+from dsvae.data.mixing import dataset_colour_neighbours
 from dsvae.errors import DsvaeError, TrainingDiverged
 from dsvae.models import SequenceModel, build_model, model_class
 from dsvae.models.presets import get_preset
@@ -360,10 +361,12 @@ def _batches(n: int, batch: int, seed: int, start_step: int) -> Iterator[tuple[i
 class _DeviceData:
     """The training split as uint8 on the training device when it fits (batched there), else read per batch."""
 
-    def __init__(self, ds: SpritesDataset, device: torch.device, uses_labels: bool) -> None:
+    def __init__(self, ds: SpritesDataset, device: torch.device, uses_labels: bool,
+                 partners: torch.Tensor | None = None) -> None:
         self.ds = ds
         self.device = device
         self.uses_labels = uses_labels
+        self.partners = partners  # (N, K): each sequence's partner candidates, or None (no partner frames)
         self.videos = None
         if ds.videos is not None:
             fits = True
@@ -376,12 +379,20 @@ class _DeviceData:
             "attributes": ds.attributes.to(device),
         }
 
-    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _videos(self, idx: torch.Tensor) -> torch.Tensor:
         if self.videos is not None:
             x = self.videos[idx.to(self.videos.device)]
         else:
             x = self.ds.videos_uint8(idx)
-        out = {"x": to_float(x.to(self.device, non_blocking=True)), "index": idx.to(self.device)}
+        return to_float(x.to(self.device, non_blocking=True))
+
+    def batch(self, idx: torch.Tensor, key: int = 0) -> dict[str, torch.Tensor]:
+        """The sequences ``idx``; with partners, also one partner of each (``x_pair``), the candidate picked by a
+        generator seeded with ``key`` (the step: a resumed run draws the partners an unbroken one would)."""
+        out = {"x": self._videos(idx), "index": idx.to(self.device)}
+        if self.partners is not None:
+            pick = torch.randint(self.partners.shape[1], (len(idx),), generator=torch.Generator().manual_seed(key))
+            out["x_pair"] = self._videos(self.partners[idx.cpu(), pick])
         if self.uses_labels:
             dev_idx = idx.to(self.device)
             out.update({k: v[dev_idx] for k, v in self.labels.items()})
@@ -506,7 +517,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
 
     if info.main:
         _write_config(run_dir, cfg, model, info, device)
-    data = _DeviceData(ds, device, model.uses_labels)
+    data = _DeviceData(ds, device, model.uses_labels, _partners(model, ds, cfg.progress and info.main))
     autocast_dtype = amp_dtype(cfg.amp, device)
     tb = _tensorboard(run_dir, cfg) if info.main and cfg.tensorboard else None
     check_every = 1 if device.type == "cpu" else cfg.log_every
@@ -527,7 +538,8 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
     try:
         while step < total_steps:
             epoch, idx = next(batches)
-            batch = data.batch(idx[info.rank * local_batch:(info.rank + 1) * local_batch])
+            batch = data.batch(idx[info.rank * local_batch:(info.rank + 1) * local_batch],
+                               key=cfg.seed * 1_000_003 + step)
             phase_terms = optimisation_step(wrapped, model, optimizers, batch, device.type, autocast_dtype,
                                             cfg.grad_clip)
             if ema is not None:
@@ -606,6 +618,22 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, device: torch.device
                        static_prior)
 
 
+def _partners(model: SequenceModel, ds: SpritesDataset, show: bool) -> torch.Tensor | None:
+    """Each training sequence's partner candidates, when the model's loss reads partner frames: its nearest
+    sequences by colour histogram (no labels; ``dsvae.data.mixing.dataset_colour_neighbours``), else None."""
+    k = model.partner_neighbours()
+    if not k:
+        return None
+    if len(ds) < 2:
+        raise DsvaeError("the partner reconstruction (pair_share > 0) needs at least two training sequences")
+    t0 = time.time()
+    partners = dataset_colour_neighbours(ds, min(k, len(ds) - 1))
+    if show:
+        tqdm.write(f"partners: the {partners.shape[1]} nearest of {len(ds)} sequences by colour, "
+                   f"{time.time() - t0:.1f} s")
+    return partners
+
+
 def steps_in_budget(step: int, start_step: int, elapsed_s: float, budget_s: float, total_steps: int) -> int:
     """The step count a time-budgeted run is heading for at its pace so far (``start_step`` -> ``step`` in
     ``elapsed_s``): what its progress bar counts towards, so that the bar's estimate of the time left is the
@@ -625,7 +653,8 @@ def _recalibrate(cfg: TrainConfig, model: SequenceModel, ema: WeightAverage, dat
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 999_983)
         for _ in range(cfg.bn_recalibrate):
             idx = torch.randperm(n, generator=g)[:cfg.batch_size]
-            yield data.batch(idx[info.rank * local_batch:(info.rank + 1) * local_batch])
+            yield data.batch(idx[info.rank * local_batch:(info.rank + 1) * local_batch],
+                             key=int(torch.randint(2**62, (), generator=g)))
 
     show = cfg.progress and info.main
     # the augmentations draw random numbers: leave the run's generators where training left them

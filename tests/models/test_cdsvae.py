@@ -366,6 +366,9 @@ def test_checkpoint_round_trip(tmp_path, procedural_h5):
     ({"view_grad": "no"}, "view_grad must be true or false"),
     ({"kl_anneal_steps": -3}, "kl_anneal_steps must be an integer >= 0"),
     ({"kl_anneal_start": 1.5}, "kl_anneal_start must be in"),
+    ({"pair_share": 1.5}, "pair_share must be in"),
+    ({"pair_share": True}, "pair_share must be in"),
+    ({"pair_neighbours": 0}, "pair_neighbours must be an integer >= 1"),
     ({"z_dim": 0}, "z_dim must be positive"),
 ])
 def test_bad_config_values(bad, match):
@@ -388,3 +391,62 @@ def test_presets():
     best = get_preset("cdsvae", "cpu-best")[0]
     assert {k for k in best if best[k] != cpu.get(k)} == {"widths", "prior_components"}
     assert [2 * w for w in cpu["widths"]] == list(best["widths"])
+
+
+def _decoded_static(model, batch):
+    """The static codes the reconstruction decodes (posterior means: sampling switched off)."""
+    seen = []
+    model.reparameterize = lambda mean, logvar: mean
+    decode = model.decode
+    model.decode = lambda f, z: seen.append(f.detach()) or decode(f, z)
+    model(batch)
+    return seen[0]
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_pair_share_decodes_partners_static_codes(share):
+    _, model = _pair(**{**OFF, "pair_share": share})
+    x, x_pair = _videos(b=64, seed=1), _videos(b=64, seed=2)
+    torch.manual_seed(0)
+    f = _decoded_static(model, {"x": x, "x_pair": x_pair})
+    with torch.no_grad():
+        own, partner = model.static_posterior(model.encoder.frames(x))[0], model.static_posterior(
+            model.encoder.frames(x_pair))[0]
+    is_own = torch.isclose(f, own, atol=1e-5).all(1)
+    is_partner = torch.isclose(f, partner, atol=1e-5).all(1)
+    assert (is_own | is_partner).all()
+    assert not (is_own & is_partner).any()
+    assert float(is_partner.float().mean()) == pytest.approx(share, abs=0.2)
+    assert is_partner.all() if share == 1.0 else not is_partner.all()
+    assert model.partner_neighbours() == (3 if share else 0)
+
+
+def test_pair_share_zero_reads_no_partners():
+    _, model = _pair(**OFF)
+    batch = _OnlyX(x=_videos(), x_pair=_videos(seed=5))
+    model(batch)
+    assert batch.read == {"x"}
+
+
+@pytest.mark.parametrize("view_grad", [True, False])
+def test_partner_codes_follow_view_grad(view_grad):
+    _, model = _pair(**{**OFF, "pair_share": 1.0, "view_grad": view_grad})
+    x_pair = _videos(seed=3).requires_grad_(True)
+    model({"x": _videos(), "x_pair": x_pair})["loss"].backward()
+    assert (x_pair.grad is not None and x_pair.grad.abs().sum() > 0) == view_grad
+
+
+def test_pair_share_needs_partner_frames():
+    _, model = _pair(**{**OFF, "pair_share": 0.5})
+    with pytest.raises(DsvaeError, match="x_pair"):
+        model({"x": _videos()})
+    with pytest.raises(DsvaeError, match="shape"):
+        model({"x": _videos(), "x_pair": _videos(b=2)})
+
+
+def test_training_with_partners(tmp_path, procedural_h5):
+    res = train(data=str(procedural_h5), out=str(tmp_path / "run"), model="cdsvae", preset="tiny", max_steps=4,
+                limit=64, batch_size=8, sample_every=0, progress=False, log_every=2,
+                model_config={"pair_share": 0.5, "pair_neighbours": 2})
+    assert res.step == 4 and math.isfinite(res.metrics["loss"])
+    assert dsvae.load(res.run_dir).config.pair_share == 0.5

@@ -72,3 +72,20 @@ def test_a_second_call_into_the_same_folder_reuses_or_rebuilds_the_data(tmp_path
     first = built.stat().st_mtime_ns
     assert pipeline.main(args) == 0 and built.stat().st_mtime_ns == first  # reused
     assert pipeline.main(args + ["--overwrite"]) == 0 and built.stat().st_mtime_ns != first  # rebuilt, not refused
+
+
+def test_pair_variant_switches_on_the_partner_reconstruction(load_script):
+    import argparse
+
+    import pytest
+
+    from dsvae.errors import DsvaeError
+
+    pipeline = load_script("sota_pipeline")
+    args = argparse.Namespace(preset="cpu-best", set=[], prior_weight=1.0, pair_share=0.5, anneal_steps=10)
+    assert pipeline.variant_spec("all+pair", args) == ("cdsvae", {"pair_share": 0.5})
+    assert "pair_share" not in pipeline.variant_spec("all", args)[1]
+    args.set = ["pair_share=0.25"]  # a share given with --set is the one the variant keeps
+    assert pipeline.variant_spec("all+pair", args) == ("cdsvae", {"pair_share": 0.25})
+    with pytest.raises(DsvaeError, match="unknown variant"):
+        pipeline.variant_spec("all+pairs", args)

@@ -68,11 +68,11 @@ def _killed_run(tmp_path, data, monkeypatch, batches: int, **kw) -> None:
     calls = {"n": 0}
     real_batch = trainer_mod._DeviceData.batch
 
-    def dying_batch(self, idx):
+    def dying_batch(self, idx, key=0):
         calls["n"] += 1
         if calls["n"] == batches:
             raise KeyboardInterrupt
-        return real_batch(self, idx)
+        return real_batch(self, idx, key)
 
     monkeypatch.setattr(trainer_mod._DeviceData, "batch", dying_batch)
     with pytest.raises(KeyboardInterrupt):
@@ -80,10 +80,13 @@ def _killed_run(tmp_path, data, monkeypatch, batches: int, **kw) -> None:
     monkeypatch.setattr(trainer_mod._DeviceData, "batch", real_batch)
 
 
-def test_resume_is_exact(tmp_path, procedural_h5, monkeypatch):
-    full = _run(tmp_path, procedural_h5, name="full", max_steps=14, checkpoint_every=4)
-    # a run killed at step 7 (after its checkpoint at step 4), then resumed to the end
-    _killed_run(tmp_path, procedural_h5, monkeypatch, 8, max_steps=14, checkpoint_every=4)
+@pytest.mark.parametrize("model, model_config", [("dsvae", {}), ("cdsvae", {"pair_share": 0.5})])
+def test_resume_is_exact(tmp_path, procedural_h5, monkeypatch, model, model_config):
+    kw = dict(max_steps=14, checkpoint_every=4, model=model, model_config=model_config)
+    full = _run(tmp_path, procedural_h5, name="full", **kw)
+    # a run killed at step 7 (after its checkpoint at step 4), then resumed to the end (with a pair share, the
+    # partners drawn after the resume are those the unbroken run drew)
+    _killed_run(tmp_path, procedural_h5, monkeypatch, 8, **kw)
     killed = tmp_path / "killed"
     assert torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
     resumed = train(data=str(procedural_h5), out=str(killed), resume=True, progress=False)
@@ -337,3 +340,25 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, tmp_path, procedur
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert trainer_mod.amp_dtype("bf16", cpu) is torch.bfloat16
+
+
+def test_partner_frames_are_colour_neighbours(procedural_h5):
+    from dsvae.data.dataset import SpritesDataset
+    from dsvae.data.mixing import dataset_colour_neighbours
+
+    ds = SpritesDataset(str(procedural_h5), "train", limit=40)
+    model = dsvae.models.build_model("cdsvae", {**dsvae.models.presets.get_preset("cdsvae", "tiny")[0],
+                                                "pair_share": 0.5, "pair_neighbours": 2})
+    partners = trainer_mod._partners(model, ds, show=False)
+    assert torch.equal(partners, dataset_colour_neighbours(ds, 2))
+    data = trainer_mod._DeviceData(ds, torch.device("cpu"), uses_labels=False, partners=partners)
+    idx = torch.arange(0, 40, 3)
+    a, b, c = data.batch(idx, key=7), data.batch(idx, key=7), data.batch(idx, key=8)
+    assert set(a) == {"x", "index", "x_pair"} and a["x_pair"].shape == a["x"].shape
+    assert torch.equal(a["x_pair"], b["x_pair"])  # the step decides the draw
+    assert not torch.equal(a["x_pair"], c["x_pair"])
+    videos = ds.batch(torch.arange(40))["x"]
+    for row, i in zip(a["x_pair"], idx):  # each partner is one of its sequence's two nearest
+        assert any(torch.equal(row, videos[j]) for j in partners[i])
+    plain = dsvae.models.build_model("dsvae", dsvae.models.presets.get_preset("dsvae", "tiny")[0])
+    assert trainer_mod._partners(plain, ds, show=False) is None  # a model that reads no partners gets none
