@@ -85,9 +85,12 @@ def colour_neighbours(videos: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def dataset_colour_neighbours(ds: SpritesDataset, k: int) -> torch.Tensor:
-    """(len(ds), k) long: :func:`colour_neighbours` of a data set's sequences, compared at their stored frame
-    size (downscaling blends the colours) and read in blocks (a lazy data set is never held whole)."""
+    """(len(ds), min(k, len(ds) - 1)) long: :func:`colour_neighbours` of a data set's sequences, compared at their
+    stored frame size (downscaling blends the colours) and read in blocks (a lazy data set is never held whole)."""
     n = len(ds)
+    if n < 2:
+        raise DsvaeError(f"pairing sequences by colour needs at least two of them; the data set has {n}")
+    k = min(k, n - 1)
     if ds.videos is not None and ds.image_size == ds.stored_size:
         counts = _colour_counts(ds.videos)
     else:
@@ -148,7 +151,7 @@ def mix_motions(data_file: str | os.PathLike, out: str | os.PathLike, share: flo
         partners = [[j for a, j in sorted(by_char[int(c)].items()) if a != a_i]
                     for c, a_i in zip(chars.tolist(), actions.tolist())]
     else:
-        near = dataset_colour_neighbours(ds, min(neighbours, n - 1)) if n > 1 else torch.empty(n, 0, dtype=torch.long)
+        near = dataset_colour_neighbours(ds, neighbours) if n > 1 else torch.empty(n, 0, dtype=torch.long)
         partners = near.tolist()
         if near.numel():  # reported only: how often a colour neighbour is the same character
             precision = same_character_share(ds.characters, near)

@@ -199,7 +199,7 @@ def polish_decoder(model: nn.Module, ds: SpritesDataset, minutes: float | None =
                          "training sequences")
     partners = precision = None
     if pairing:
-        partners = dataset_colour_neighbours(ds, min(neighbours, len(ds) - 1))
+        partners = dataset_colour_neighbours(ds, neighbours)
         precision = same_character_share(ds.characters, partners)
     codes = posterior_means(model, ds, autocast_dtype=autocast_dtype, progress=progress,
                             with_logvar=swapping or drawing)

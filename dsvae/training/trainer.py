@@ -624,10 +624,8 @@ def _partners(model: SequenceModel, ds: SpritesDataset, show: bool) -> torch.Ten
     k = model.partner_neighbours()
     if not k:
         return None
-    if len(ds) < 2:
-        raise DsvaeError("the partner reconstruction (pair_share > 0) needs at least two training sequences")
     t0 = time.time()
-    partners = dataset_colour_neighbours(ds, min(k, len(ds) - 1))
+    partners = dataset_colour_neighbours(ds, k)
     if show:
         tqdm.write(f"partners: the {partners.shape[1]} nearest of {len(ds)} sequences by colour, "
                    f"{time.time() - t0:.1f} s")

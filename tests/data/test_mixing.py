@@ -92,6 +92,19 @@ def test_a_data_sets_colour_neighbours_are_compared_at_the_stored_size(procedura
         small_lazy.close()
 
 
+def test_a_data_sets_colour_neighbours_are_at_most_the_others(procedural_h5):
+    three = SpritesDataset(procedural_h5, "train", limit=3)
+    one = SpritesDataset(procedural_h5, "train", limit=1)
+    try:
+        near = dataset_colour_neighbours(three, 8)  # asked for more than there are: every other sequence
+        assert near.shape == (3, 2) and all(i not in row for i, row in enumerate(near.tolist()))
+        with pytest.raises(DsvaeError, match="at least two"):
+            dataset_colour_neighbours(one, 3)
+    finally:
+        three.close()
+        one.close()
+
+
 def test_colour_pairing_reads_no_labels(procedural_h5, tmp_path):
     # the same file with scrambled character ids must give the same mixed videos
     scrambled = tmp_path / "scrambled.h5"
