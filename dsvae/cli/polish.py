@@ -74,7 +74,7 @@ def _polish(args: argparse.Namespace) -> int:
     terms = "".join(f", {name} consistency {done[f'{name}_start']:.4g} -> {done[f'{name}_end']:.4g}"
                     for name in ("swap", "prior") if done[f"{name}_weight"])
     if done["pair_share"]:
-        terms += (f", {done['pair_share']:g} of the decodes from a colour neighbour's f (same character for "
+        terms += (f", {100 * done['pair_share']:g}% of the decodes from a colour neighbour's f (same character for "
                   f"{100 * done['pair_precision']:.2f}% of the {done['pair_neighbours']} neighbours)")
     print(f"polished the decoder of the {'weight average' if done['weights'] == 'ema' else 'trained weights'}: "
           f"{done['steps']} steps in {done['seconds']:.0f} s, reconstruction {done['loss_start']:.4g} -> "

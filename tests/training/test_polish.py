@@ -318,7 +318,7 @@ def test_cli_polish(tmp_path, procedural_h5, capsys):
     assert "pair share" in capsys.readouterr().err and not (tmp_path / "paired").exists()
     assert main(["polish", "--run", str(step), "--data", str(procedural_h5), "--steps", "2", "--bn-batches", "0",
                  "--pair-share", "0.5", "--neighbours", "2", "--out", str(tmp_path / "paired"), "--quiet"]) == 0
-    assert "0.5 of the decodes from a colour neighbour's f" in capsys.readouterr().out
+    assert "50% of the decodes from a colour neighbour's f" in capsys.readouterr().out
     record = load_checkpoint(tmp_path / "paired")["polished"]
     assert record["pair_share"] == 0.5 and record["pair_neighbours"] == 2 and 0.5 < record["pair_precision"] <= 1
     assert main(["polish", "--run", str(tmp_path / "missing"), "--data", str(procedural_h5), "--quiet"]) == 2
