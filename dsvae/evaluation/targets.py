@@ -10,7 +10,8 @@ of issue 7 (the literature's best dynamic-test figures on Sprites and the static
 - swap test: attributes (their mean) >= 99.5%, action >= 99.5%.
 
 :func:`check_targets` scores one results dictionary; :func:`targets_table` lays several out side by side
-(markdown), each cell the number reached and whether it meets the target. A test the model cannot do
+(markdown), each cell the number reached and whether it meets the target; :func:`targets_summary` sums up
+several runs of one recipe (seeds): per target, how many runs meet it and the lowest, median and highest value. A test the model cannot do
 (``"not applicable"``) or a figure the results lack is reported as such, never as met.
 """
 
@@ -127,3 +128,33 @@ def targets_table(named_results: Sequence[tuple[str, Mapping[str, Any]]], target
         lines.append(f"| {t.label.replace('|', chr(92) + '|')} | " + " | ".join(cells) + " |")
     lines.append("| targets met | " + " | ".join("{} of {}".format(*met_count(rows)) for rows in checked) + " |")
     return "\n".join(lines)
+
+
+def targets_summary(named_results: Sequence[tuple[str, Mapping[str, Any]]],
+                    targets: Sequence[Target] = ISSUE7) -> str:
+    """Markdown: a row per target over several runs of one recipe (e.g. seeds): how many runs meet it, and the
+    lowest, median and highest value reached (as :func:`targets_table` shows a value). A run without the
+    figure counts as not meeting the target and adds no value; a last row counts the runs meeting all."""
+    if not named_results:
+        raise DsvaeError("targets_summary needs at least one results dictionary")
+    checked = [check_targets(results, targets) for _, results in named_results]
+    n = len(checked)
+    lines = [f"| target | runs meeting it (of {n}) | lowest | median | highest |", "|---|---:|---:|---:|---:|"]
+    for i, t in enumerate(targets):
+        values = sorted(rows[i]["value"] for rows in checked if rows[i]["value"] is not None)
+        met = sum(1 for rows in checked if rows[i]["met"])
+        shown = [t.format(v) for v in _spread(values)] if values else ["-"] * 3
+        missing = n - len(values)
+        note = f" ({missing} without the figure)" if missing else ""
+        lines.append(f"| {t.label.replace('|', chr(92) + '|')} | {met}{note} | " + " | ".join(shown) + " |")
+    counts = sorted(met_count(rows)[0] for rows in checked)
+    lines.append(f"| all {len(targets)} targets | {sum(1 for c in counts if c == len(targets))} | "
+                 + " | ".join(f"{c:g} met" for c in _spread(counts)) + " |")
+    return "\n".join(lines)
+
+
+def _spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """(lowest, median, highest) of sorted, non-empty ``values``."""
+    mid = len(values) // 2
+    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return values[0], median, values[-1]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from dsvae.errors import DsvaeError
-from dsvae.evaluation.targets import ISSUE7, Target, check_targets, met_count, targets_table
+from dsvae.evaluation.targets import ISSUE7, Target, check_targets, met_count, targets_summary, targets_table
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 
@@ -106,6 +106,28 @@ def test_stored_eval_results_read_as_measured():
         ("dynamic: IS >= 8.99", "8.976"), ("static: body >= 99.9%", "99.89%")]
 
 
+def test_summary_counts_the_runs_meeting_each_target_and_spans_their_values():
+    runs = [("a", _results(is_=8.97, attrs=(0.9995, 1.0, 1.0, 1.0))), ("b", _results(is_=8.995)),
+            ("c", _results(is_=8.98, attrs=(0.995, 1.0, 1.0, 1.0)))]
+    rows = {ln.split(" | ")[0][2:]: ln for ln in targets_summary(runs).splitlines()}
+    assert rows["target"].startswith("| target | runs meeting it (of 3) |")
+    assert rows["dynamic: IS >= 8.99"] == "| dynamic: IS >= 8.99 | 1 | 8.970 | 8.980 | 8.995 |"
+    assert rows["static: body >= 99.9%"] == "| static: body >= 99.9% | 2 | 99.50% | 99.95% | 100.00% |"
+    n = len(ISSUE7)
+    # b meets everything; a misses IS (n - 1 met), c misses IS and the skin (n - 2): lowest, median, highest
+    assert rows[f"all {n} targets"] == f"| all {n} targets | 1 | {n - 2} met | {n - 1} met | {n} met |"
+
+
+def test_summary_of_one_run_is_that_run_and_a_missing_figure_is_never_met():
+    perfect = targets_summary([("only", _results())])
+    assert f"| all {len(ISSUE7)} targets | 1 |" in perfect
+    broken = _results()
+    del broken["swap"]
+    summary = targets_summary([("ok", _results()), ("no swap", broken)])
+    assert "| swap: action >= 99.5% | 1 (1 without the figure) | 100.00% | 100.00% | 100.00% |" in summary
+    assert f"| all {len(ISSUE7)} targets | 1 |" in summary
+
+
 def test_bad_targets_and_empty_tables_are_refused():
     with pytest.raises(DsvaeError, match="op must be"):
         Target("x", "dynamic", "h_y", ">", 1.0)
@@ -113,3 +135,5 @@ def test_bad_targets_and_empty_tables_are_refused():
         Target("x", "dynamic", "h_y", "in", 1.0)
     with pytest.raises(DsvaeError, match="at least one"):
         targets_table([])
+    with pytest.raises(DsvaeError, match="at least one"):
+        targets_summary([])

@@ -20,6 +20,18 @@ def test_table_of_stored_results(tmp_path, capsys, load_script):
     assert lines[-1] == "| targets met | 10 of 11 | 9 of 11 |"
 
 
+def test_summary_of_the_hour_recipe_seeds(capsys, load_script):
+    # BENCHMARKS section 7: seeds 7-9 of scripts/hour_recipe.sh; seed 9 misses the skin (99.49%), none meets IS
+    script = load_script("targets_table")
+    seeds = [str(RESULTS / f"hour_recipe_seed{s}" / "RESULTS.json") for s in (7, 8, 9)]
+    assert script.main(seeds + ["--summary"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| target | runs meeting it (of 3) | lowest | median | highest |"
+    assert "| dynamic: IS >= 8.99 | 0 | 8.967 | 8.971 | 8.979 |" in lines
+    assert "| static: body >= 99.9% | 2 | 99.49% | 99.92% | 99.99% |" in lines
+    assert lines[-1] == "| all 11 targets | 0 | 9 met | 10 met | 10 met |"
+
+
 def test_a_pipeline_results_file_gives_a_column_per_variant(tmp_path, capsys, load_script):
     script = load_script("targets_table")
     hour = json.loads(Path(HOUR).read_text())
