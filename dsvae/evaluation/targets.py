@@ -11,13 +11,15 @@ of issue 7 (the literature's best dynamic-test figures on Sprites and the static
 
 :func:`check_targets` scores one results dictionary; :func:`targets_table` lays several out side by side
 (markdown), each cell the number reached and whether it meets the target; :func:`targets_summary` sums up
-several runs of one recipe (seeds): per target, how many runs meet it and the lowest, median and highest value. A test the model cannot do
-(``"not applicable"``) or a figure the results lack is reported as such, never as met.
+several runs of one recipe (seeds): per target, how many runs meet it and the lowest, median and highest
+value. A test the model cannot do (``"not applicable"``) or a figure the results lack is reported as such,
+never as met.
 """
 
 from __future__ import annotations
 
 import math
+from statistics import median
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -118,14 +120,14 @@ def targets_table(named_results: Sequence[tuple[str, Mapping[str, Any]]], target
     if not named_results:
         raise DsvaeError("targets_table needs at least one results dictionary")
     checked = [check_targets(results, targets) for _, results in named_results]
-    names = [name.replace("|", "\\|") for name, _ in named_results]
+    names = [_escape(name) for name, _ in named_results]
     lines = ["| target | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for i, t in enumerate(targets):
         cells = []
         for rows in checked:
             r = rows[i]
             cells.append(r["shown"] if r["met"] is None else f"{r['shown']} {'met' if r['met'] else '**NOT met**'}")
-        lines.append(f"| {t.label.replace('|', chr(92) + '|')} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_escape(t.label)} | " + " | ".join(cells) + " |")
     lines.append("| targets met | " + " | ".join("{} of {}".format(*met_count(rows)) for rows in checked) + " |")
     return "\n".join(lines)
 
@@ -146,7 +148,7 @@ def targets_summary(named_results: Sequence[tuple[str, Mapping[str, Any]]],
         shown = [t.format(v) for v in _spread(values)] if values else ["-"] * 3
         missing = n - len(values)
         note = f" ({missing} without the figure)" if missing else ""
-        lines.append(f"| {t.label.replace('|', chr(92) + '|')} | {met}{note} | " + " | ".join(shown) + " |")
+        lines.append(f"| {_escape(t.label)} | {met}{note} | " + " | ".join(shown) + " |")
     counts = sorted(met_count(rows)[0] for rows in checked)
     lines.append(f"| all {len(targets)} targets | {sum(1 for c in counts if c == len(targets))} | "
                  + " | ".join(f"{c:g} met" for c in _spread(counts)) + " |")
@@ -155,6 +157,9 @@ def targets_summary(named_results: Sequence[tuple[str, Mapping[str, Any]]],
 
 def _spread(values: Sequence[float]) -> tuple[float, float, float]:
     """(lowest, median, highest) of sorted, non-empty ``values``."""
-    mid = len(values) // 2
-    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
-    return values[0], median, values[-1]
+    return values[0], median(values), values[-1]
+
+
+def _escape(text: str) -> str:
+    """``text`` safe in a markdown table cell (its pipes escaped)."""
+    return text.replace("|", "\\|")
