@@ -9,7 +9,8 @@
 # 3. cdsvae `cpu-best` at batch 16, cheaper views, no mirrored views, TRAIN_MINUTES wall-clock minutes
 #    (default 50; its cosine decay spans them), into OUT/train;
 # 4. the decoder polished for POLISH_MINUTES (default 10) from colour neighbours' static codes, every decoder
-#    layer refit, batch 16, lr 1e-3, into OUT/polished (OUT/train keeps the unpolished weights);
+#    layer refit, batch 16, initial rate POLISH_LR (default 1e-3), into OUT/polished (OUT/train keeps the
+#    unpolished weights);
 # 5. a 64-component static prior fitted to the training codes (~45 s; the static and swap tests do not draw
 #    from it), into OUT/final;
 # 6. `dsvae eval` of OUT/final on the test split (REPEATS, default 3) -> OUT/RESULTS.json, and the table of
@@ -30,6 +31,7 @@ JUDGE=${JUDGE:-runs/judge_lpc.pt}
 PRESET=${PRESET:-cpu-best}
 TRAIN_MINUTES=${TRAIN_MINUTES:-50}
 POLISH_MINUTES=${POLISH_MINUTES:-10}
+POLISH_LR=${POLISH_LR:-1e-3}
 REPEATS=${REPEATS:-3}
 AMP=${AMP:-bf16}
 PYTHON=${PYTHON:-python3}
@@ -54,7 +56,7 @@ mkdir -p "$OUT"
     date -u +"%Y-%m-%dT%H:%M:%SZ"
     echo "cpu $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ //') x $(nproc)"
     echo "git $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    echo "seed $SEED; train $TRAIN_MINUTES min; polish $POLISH_MINUTES min; extra train arguments: $*"
+    echo "seed $SEED; train $TRAIN_MINUTES min; polish $POLISH_MINUTES min at lr $POLISH_LR; extra train arguments: $*"
 } > "$OUT/times.txt"
 
 if [ ! -f "$DATA" ]; then
@@ -70,7 +72,7 @@ stage train dsvae train --model cdsvae --preset "$PRESET" --data "$MIXED" --out 
     --channels-last --max-minutes "$TRAIN_MINUTES" --batch-size 16 --set motion_flip=0 --set view_grad=false \
     --seed "$SEED" --checkpoint-every 1000 --quiet "$@"
 stage polish dsvae polish --run "$OUT/train" --out "$OUT/polished" --data "$MIXED" --minutes "$POLISH_MINUTES" \
-    ${POLISH_STEPS:+--steps "$POLISH_STEPS"} --lr 1e-3 --amp "$AMP" --pair-share 1 --neighbours 8 --all-layers \
+    ${POLISH_STEPS:+--steps "$POLISH_STEPS"} --lr "$POLISH_LR" --amp "$AMP" --pair-share 1 --neighbours 8 --all-layers \
     --batch-size 16 --quiet
 stage prior dsvae fit-prior --run "$OUT/polished" --out "$OUT/final" --data "$MIXED" --amp "$AMP" --quiet
 stage eval dsvae eval --run "$OUT/final" --judge "$JUDGE" --data "$DATA" --out "$OUT/RESULTS.json" --amp "$AMP" \
