@@ -19,8 +19,8 @@ never as met.
 from __future__ import annotations
 
 import math
-from statistics import median
 from dataclasses import dataclass
+from statistics import median
 from typing import Any, Mapping, Sequence
 
 from dsvae.errors import DsvaeError
