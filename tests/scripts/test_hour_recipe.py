@@ -26,14 +26,14 @@ def test_the_hour_recipe_trains_polishes_fits_the_prior_and_judges(procedural_h5
     out = tmp_path / "hour"
     mixed = tmp_path / "mixed.h5"
     done = _run(tmp_path, "--preset", "tiny", "--max-steps", "3", OUT=str(out), SEED="7", DATA=str(procedural_h5),
-                MIXED=str(mixed), JUDGE=str(tiny_judge.path), POLISH_STEPS="2", POLISH_LR="2e-3", EVAL_LIMIT="18",
+                MIXED=str(mixed), JUDGE=str(tiny_judge.path), POLISH_STEPS="2", POLISH_LR="1e-3", EVAL_LIMIT="18",
                 REPEATS="1", AMP="off")
     assert done.returncode == 0, done.stderr[-3000:]
     assert mixed.is_file()  # the motion-mixed copy was made, the data set and judge were there already
     times = (out / "times.txt").read_text()
     stages = [line.split()[0] for line in times.splitlines()[4:]]
     assert stages == ["mix", "train", "polish", "prior", "eval"]
-    assert "seed 7;" in times and "at lr 2e-3;" in times and "--max-steps 3" in times
+    assert "seed 7;" in times and "at lr 1e-3;" in times and "--max-steps 3" in times
 
     def saved(folder: str) -> dict:
         return torch.load(out / folder / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
@@ -44,7 +44,7 @@ def test_the_hour_recipe_trains_polishes_fits_the_prior_and_judges(procedural_h5
     assert "polished" not in train
     record = polished["polished"]
     assert record["steps"] == 2 and record["batch_size"] == 16 and record["pair_share"] == 1
-    assert record["lr"] == pytest.approx(2e-3)  # POLISH_LR reached the polish
+    assert record["lr"] == pytest.approx(1e-3)  # POLISH_LR (default 2e-3) reached the polish
     assert record["input_layers_kept"] is False and record["pair_neighbours"] == 8
     assert final["model_config"]["static_prior_components"] == 64
     results = json.loads((out / "RESULTS.json").read_text())
